@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Each does all of its own set-up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Every install runs under the pins: an unpinned torch would pull several GB of CUDA packages.
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test lint data postgres clean
+
+demo: $(VENV)/.core data
+	$(BIN)/hotswap demo
+
+test: $(VENV)/.dev data postgres
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+$(VENV)/.core: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,serve,pretrained,triton]'
+	touch $@
+
+# Fashion-MNIST from Debian (no network beyond the package mirrors); the demo falls back to the
+# digits bundled with scikit-learn where the package cannot be installed.
+data:
+	@bash scripts/ensure-debian-packages.sh dataset-fashion-mnist
+
+postgres:
+	@bash scripts/ensure-postgres.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hotswap-demo
