@@ -1,0 +1,149 @@
+"""Training-time objectives: what a new encoder is trained to minimise, compatibility included.
+
+Every objective is a module that owns its trainable extras (classifier head, adapter) and its
+frozen references (the old model's class prototypes), so ``train`` works with any registered
+encoder, structured ones included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compat.adapters import Adapter, OrthogonalConfig, build_adapter
+from kernels.errors import InvalidInputError
+from models.config import Config, check
+from models.registry import Registry
+
+
+class CosineClassifier(nn.Module):
+    """Logits = scale · cos(feature, class weight): features are trained for cosine retrieval."""
+
+    def __init__(self, dim: int, classes: int, scale: float = 16.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, dim) * 0.1)
+        self.scale = scale
+
+    def forward(self, features: Tensor) -> Tensor:  # (N, dim) -> (N, classes)
+        return self.scale * F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).T
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ObjectiveConfig(Config):
+    classes: int
+    embed_dim: int
+    scale: float = 16.0
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(self.classes >= 2 and self.embed_dim > 0, f"bad classes/embed_dim in {self}")
+        check(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
+
+
+class Objective(nn.Module):
+    key: str
+    head: CosineClassifier
+
+    def loss(self, features: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError  # each registered objective defines its own
+
+    def _ce(self, logits: Tensor, labels: Tensor, smoothing: float) -> Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+@OBJECTIVES.register("classification")
+class Classification(Objective):
+    """Plain (label-smoothed) cross-entropy: an independent model, with no compatibility."""
+
+    key = "classification"
+
+    def __init__(self, config: ObjectiveConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.head = CosineClassifier(config.embed_dim, config.classes, config.scale)
+
+    def loss(self, features: Tensor, labels: Tensor) -> Tensor:
+        return self._ce(self.head(features), labels, self.config.label_smoothing)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BCTConfig(ObjectiveConfig):
+    old_dim: int
+    weight: float = 1.0  # λ of the influence loss (BCT paper: 1)
+    adapter: str = "orthogonal"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.old_dim > 0 and self.weight >= 0, f"bad old_dim/weight in {self}")
+
+
+@OBJECTIVES.register("bct")
+class BCT(Objective):
+    """Backward-compatible training (Shen et al. 2020) through a backward adapter.
+
+    L = CE(head(φ_new)) + λ·CE(old_classifier(B(φ_new))): the new features, mapped into the old space
+    by the backward adapter B, must be classified correctly by the frozen old classifier. Its rows are
+    the old model's class prototypes (see :func:`old_prototypes`). The adapter is trained jointly and
+    is what serving uses to send v2 queries to the v1 gallery.
+    """
+
+    key = "bct"
+
+    def __init__(self, config: BCTConfig, prototypes: Tensor) -> None:
+        super().__init__()
+        check(
+            tuple(prototypes.shape) == (config.classes, config.old_dim),
+            f"old prototypes must be ({config.classes}, {config.old_dim}), got {tuple(prototypes.shape)}",
+        )
+        self.config = config
+        self.head = CosineClassifier(config.embed_dim, config.classes, config.scale)
+        adapter_config = OrthogonalConfig(dim_in=config.embed_dim, dim_out=config.old_dim)
+        self.adapter: Adapter = build_adapter(config.adapter, adapter_config)
+        self.register_buffer("prototypes", F.normalize(prototypes.detach().float(), dim=1))
+
+    def loss(self, features: Tensor, labels: Tensor) -> Tensor:
+        smoothing = self.config.label_smoothing
+        bridged = F.normalize(self.adapter(features), dim=1)
+        old_logits = self.config.scale * bridged @ self.prototypes.T
+        influence = self._ce(old_logits, labels, smoothing)
+        return self._ce(self.head(features), labels, smoothing) + self.config.weight * influence
+
+
+PrototypeMode = Literal["class_means", "classifier"]
+
+
+def old_prototypes(
+    old_features: Tensor,
+    labels: Tensor,
+    classes: int,
+    *,
+    mode: PrototypeMode = "class_means",
+    old_classifier: Tensor | None = None,
+) -> Tensor:
+    """The old model's classifier over all ``classes``: (classes, d_old), unit rows.
+
+    ``classifier`` is the paper's construction: the real old classifier's rows for the classes the
+    old model saw, the mean old feature for classes it never saw. ``class_means`` uses the mean old
+    feature for every class (the variant the BT²/OCA re-implementations use); on Fashion-MNIST it
+    passes the compatibility criterion where the paper's variant fails (docs/results/demo.md).
+    """
+    features = F.normalize(old_features.float(), dim=1)
+    present = torch.bincount(labels, minlength=classes) > 0
+    check(
+        bool(present.all()),
+        f"every class needs old features; missing {(~present).nonzero().flatten().tolist()}",
+    )
+    rows = torch.stack([features[labels == c].mean(dim=0) for c in range(classes)])
+    if mode == "classifier":
+        if old_classifier is None:
+            raise InvalidInputError("mode='classifier' needs the old classifier's weights")
+        seen = old_classifier.shape[0]
+        rows[:seen] = old_classifier.detach().float()
+    return F.normalize(rows, dim=1)

@@ -1,0 +1,119 @@
+"""Model versions and adapters in the catalog, with their artifacts in the data directory."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from torch import nn
+
+from compat.adapters import Adapter, load_adapter, save_adapter
+from index.catalog import Adapter as AdapterRecord
+from index.catalog import ModelVersion
+from index.context import Context
+from kernels.errors import ConflictError, DirectionError, NotFoundError, did_you_mean
+from models.checkpoint import load_encoder, save_encoder
+
+
+def register_version(ctx: Context, session: Session, name: str, encoder: nn.Module) -> ModelVersion:
+    """Save the encoder's weights under ``models/`` and record the version with their sha256."""
+    _refuse_existing(session, ModelVersion, name, "model version")
+    path = ctx.path(f"models/{name}.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sha256 = save_encoder(encoder, path)
+    version = ModelVersion(
+        name=name,
+        encoder_key=encoder.key,
+        config_json=encoder.config.to_json(),
+        weights_sha256=sha256,
+        dim=encoder.embed_dim,
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def get_version(session: Session, name: str) -> ModelVersion:
+    version = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
+    if version is None:
+        known = list(session.scalars(select(ModelVersion.name)))
+        raise NotFoundError(f"unknown model version {name!r}", fix=did_you_mean(name, known))
+    return version
+
+
+def load_version_encoder(ctx: Context, version: ModelVersion) -> nn.Module:
+    return load_encoder(ctx.path(f"models/{version.name}.safetensors"), version.weights_sha256)
+
+
+def register_adapter(
+    ctx: Context,
+    session: Session,
+    adapter: Adapter,
+    source: ModelVersion,
+    target: ModelVersion,
+    name: str | None = None,
+    metrics: dict[str, float] | None = None,
+) -> AdapterRecord:
+    """Record an adapter from ``source`` to ``target``; its widths must match the two versions.
+
+    A backward adapter maps the newer ``source`` into the older ``target`` (queries); a forward
+    adapter maps the older ``source`` into the newer ``target`` (gallery vectors).
+    """
+    name = name or f"{source.name}-to-{target.name}"
+    _refuse_existing(session, AdapterRecord, name, "adapter")
+    adapter.expect(adapter.direction, source.dim, target.dim)
+    path = ctx.path(f"adapters/{name}.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = AdapterRecord(
+        name=name,
+        key=adapter.key,
+        config_json=adapter.config.to_json(),
+        source_version_id=source.id,
+        target_version_id=target.id,
+        direction=adapter.direction,
+        artifact_path=ctx.relative(path),
+        artifact_sha256=save_adapter(adapter, path),
+        metrics_json=json.dumps(metrics or {}),
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def query_adapter(
+    ctx: Context, session: Session, query: ModelVersion, gallery: ModelVersion
+) -> Adapter:
+    """The backward adapter that sends ``query``-version vectors into ``gallery``'s space.
+
+    A forward adapter between the same versions is refused with a DirectionError: it maps gallery
+    vectors the other way, and applying it to queries would pass every shape check and return junk.
+    """
+    records = session.scalars(
+        select(AdapterRecord).where(
+            AdapterRecord.source_version_id.in_([query.id, gallery.id]),
+            AdapterRecord.target_version_id.in_([query.id, gallery.id]),
+        )
+    ).all()
+    for record in records:
+        if (record.source_version_id, record.direction) == (query.id, "backward"):
+            adapter = load_adapter(ctx.path(record.artifact_path), record.artifact_sha256)
+            adapter.expect("backward", query.dim, gallery.dim)
+            return adapter
+    if records:
+        raise DirectionError(
+            f"the adapters between {query.name!r} and {gallery.name!r} "
+            f"({', '.join(r.name + ': ' + r.direction for r in records)}) cannot map "
+            f"{query.name} queries into {gallery.name}'s space",
+            fix=f"fit a backward adapter from {query.name} to {gallery.name}",
+        )
+    raise NotFoundError(
+        f"no adapter from {query.name!r} to {gallery.name!r}: {query.name} queries cannot search "
+        f"items still embedded by {gallery.name}",
+        fix=f"fit one (hotswap fit) or migrate the rest of the gallery to {query.name}",
+    )
+
+
+def _refuse_existing(session: Session, table: type, name: str, what: str) -> None:
+    if session.scalar(select(table).where(table.name == name)) is not None:
+        raise ConflictError(f"{what} {name!r} already exists", fix="choose another name")

@@ -1,0 +1,288 @@
+"""Structured linear layers: drop-in replacements for ``nn.Linear`` (the HazyResearch fly pattern).
+
+Every layer keeps ``nn.Linear``'s signature ``(in_features, out_features, bias=True, **structure)``,
+maps ``(..., in_features) -> (..., out_features)`` and can produce its dense matrix:
+``layer(x) == x @ layer.to_dense().T + layer.bias``. Layers are looked up by stable key in
+:data:`LAYERS`; butterfly and orthogonal variants slot in as more entries.
+
+Rectangular maps zero-pad the input up to a multiple of ``nblocks`` and crop the output, so any
+``(in_features, out_features)`` works; the padded rows/columns simply never carry signal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels.errors import InvalidInputError, did_you_mean
+from models.registry import Registry
+
+LAYERS: Registry[type[nn.Module]] = Registry("structured layer")
+
+# Rows per chunk on CPU. Unchunked Monarch at B=16384 is slower than dense because the permutation
+# copies fall out of cache; 512-2048 rows per chunk keeps the 2-3x gain (kernels.md section 2).
+CPU_CHUNK_ROWS = 1024
+
+
+def monarch_multiply(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
+    """Pure-torch Monarch product (the reference a fused kernel would be checked against).
+
+    x (B, k*p), w1 (k, q, p), w2 (l, s, r) with l*r == k*q  ->  (B, s*l).
+
+    x -> (B, k, p) -> block-diagonal w1 -> (B, k, q) -> read as the (r, l) grid and transpose
+    (the stride permutation) -> (B, l, r) -> block-diagonal w2 -> (B, l, s) -> transpose
+    -> (B, s*l).
+    """
+    batch = x.shape[0]
+    k, q, p = w1.shape
+    l, s, r = w2.shape  # noqa: E741 (the k, q, p / l, s, r names of kernels.md)
+    # (k, B, p) @ (k, p, q) -> (k, B, q); bmm wants the block index first.
+    out1 = torch.bmm(x.reshape(batch, k, p).transpose(0, 1), w1.transpose(1, 2))
+    # (k, B, q) -> (B, k*q) = (B, r, l) -> (l, B, r): the stride permutation.
+    out1 = out1.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1)
+    # (l, B, r) @ (l, r, s) -> (l, B, s) -> (B, s, l) -> (B, s*l)
+    out2 = torch.bmm(out1, w2.transpose(1, 2))
+    return out2.permute(1, 2, 0).reshape(batch, s * l)
+
+
+def blockdiag_multiply(x: Tensor, blocks: Tensor) -> Tensor:
+    """One block-diagonal factor: x (B, k*p), blocks (k, s, p) -> (B, k*s)."""
+    batch = x.shape[0]
+    k, s, p = blocks.shape
+    # (k, B, p) @ (k, p, s) -> (k, B, s) -> (B, k*s)
+    out = torch.bmm(x.reshape(batch, k, p).transpose(0, 1), blocks.transpose(1, 2))
+    return out.transpose(0, 1).reshape(batch, k * s)
+
+
+class StructuredLinear(nn.Module):
+    """Base of the structured layers: bias, padding, CPU row chunking and ``to_dense``.
+
+    Subclasses implement :meth:`_multiply` on padded, flattened input
+    (B, in_padded) -> (B, out_padded) and list their extra constructor arguments in
+    ``structure_params``.
+    """
+
+    structure_params: ClassVar[tuple[str, ...]] = ()
+    chunk_rows: int = CPU_CHUNK_ROWS
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        in_padded: int,
+        out_padded: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.in_padded = in_padded
+        self.out_padded = out_padded
+        self.bias: nn.Parameter | None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    def reset_bias(self) -> None:
+        """Same bias init as ``nn.Linear``: U(-1/sqrt(in_features), 1/sqrt(in_features))."""
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _multiply(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _linear_part(self, x: Tensor) -> Tensor:
+        """(B, in_features) -> (B, out_features), no bias: pad, multiply, crop."""
+        if self.in_padded != self.in_features:
+            x = F.pad(x, (0, self.in_padded - self.in_features))
+        return self._multiply(x)[:, : self.out_features]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        _check_width(self, x)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        if flat.device.type == "cpu" and flat.shape[0] > self.chunk_rows:
+            # split/cat are differentiable, so chunking keeps autograd intact.
+            out = torch.cat([self._linear_part(c) for c in flat.split(self.chunk_rows)])
+        else:
+            out = self._linear_part(flat)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
+
+    def to_dense(self) -> Tensor:
+        """The equivalent (out_features, in_features) weight, built by mapping the identity."""
+        like = next(self.parameters())
+        eye = torch.eye(self.in_features, device=like.device, dtype=like.dtype)
+        return self._linear_part(eye).T  # (in, out).T -> (out, in)
+
+    def extra_repr(self) -> str:
+        extra = ", ".join(f"{name}={getattr(self, name)}" for name in self.structure_params)
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}" + (f", {extra}" if extra else "")
+        )
+
+
+def _check_width(layer: nn.Module, x: Tensor) -> None:
+    if x.ndim == 0 or x.shape[-1] != layer.in_features:
+        raise InvalidInputError(
+            f"{type(layer).__name__} expects {layer.in_features} input features, "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def _check_blocks(in_features: int, out_features: int, nblocks: int) -> None:
+    if in_features <= 0 or out_features <= 0:
+        raise InvalidInputError(
+            f"features must be positive, got in={in_features}, out={out_features}"
+        )
+    if nblocks <= 0 or nblocks > min(in_features, out_features):
+        raise InvalidInputError(
+            f"nblocks={nblocks} must be in [1, min(in, out)={min(in_features, out_features)}]",
+            fix="use fewer blocks, or a 'dense' layer for very narrow maps",
+        )
+
+
+@LAYERS.register("dense")
+class DenseLinear(nn.Linear):
+    """``nn.Linear`` plus ``to_dense`` (so it satisfies the structured-layer contract)."""
+
+    structure_params: ClassVar[tuple[str, ...]] = ()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in_features) -> (..., out_features); a wrong width is a typed error."""
+        _check_width(self, x)
+        return super().forward(x)
+
+    def to_dense(self) -> Tensor:
+        """The (out_features, in_features) weight itself."""
+        return self.weight
+
+
+@LAYERS.register("block_diagonal")
+class BlockDiagonalLinear(StructuredLinear):
+    """One block-diagonal factor, no permutation (M2-BERT's "Monarch MLP"): n*m/nb parameters."""
+
+    structure_params: ClassVar[tuple[str, ...]] = ("nblocks",)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        nblocks: int = 4,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        _check_blocks(in_features, out_features, nblocks)
+        p, s = math.ceil(in_features / nblocks), math.ceil(out_features / nblocks)
+        super().__init__(
+            in_features,
+            out_features,
+            bias,
+            in_padded=nblocks * p,
+            out_padded=nblocks * s,
+            device=device,
+            dtype=dtype,
+        )
+        self.nblocks = nblocks
+        self.blocks = nn.Parameter(torch.empty(nblocks, s, p, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform with bound 1/sqrt(block fan-in): output variance matches ``nn.Linear``'s."""
+        bound = 1.0 / math.sqrt(self.blocks.shape[-1])
+        nn.init.uniform_(self.blocks, -bound, bound)
+        self.reset_bias()
+
+    def _multiply(self, x: Tensor) -> Tensor:
+        return blockdiag_multiply(x, self.blocks)
+
+
+@LAYERS.register("monarch")
+class MonarchLinear(StructuredLinear):
+    """Two block-diagonal factors with a stride permutation between them: ~2*n*m/nb parameters.
+
+    w1 (k, q, p) and w2 (l, s, r) with k = l = nblocks, p = ceil(in/nb), s = ceil(out/nb) and
+    q = r = min(p, s) (the narrower side fixes the middle width, so the map can still be full rank).
+    """
+
+    structure_params: ClassVar[tuple[str, ...]] = ("nblocks",)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        nblocks: int = 4,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        _check_blocks(in_features, out_features, nblocks)
+        p, s = math.ceil(in_features / nblocks), math.ceil(out_features / nblocks)
+        q = min(p, s)
+        super().__init__(
+            in_features,
+            out_features,
+            bias,
+            in_padded=nblocks * p,
+            out_padded=nblocks * s,
+            device=device,
+            dtype=dtype,
+        )
+        self.nblocks = nblocks
+        self.w1 = nn.Parameter(torch.empty(nblocks, q, p, device=device, dtype=dtype))
+        self.w2 = nn.Parameter(torch.empty(nblocks, s, q, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform with bound 1/sqrt(block fan-in) on w1 (as ``nn.Linear``: gain 1/3 in variance);
+        w2 gets sqrt(3)/sqrt(fan-in), a variance-preserving factor, so that the product's output
+        variance matches ``nn.Linear``'s instead of being 3x smaller (fly's init gives 1/9)."""
+        bound1 = 1.0 / math.sqrt(self.w1.shape[-1])
+        bound2 = math.sqrt(3.0 / self.w2.shape[-1])
+        nn.init.uniform_(self.w1, -bound1, bound1)
+        nn.init.uniform_(self.w2, -bound2, bound2)
+        self.reset_bias()
+
+    def _multiply(self, x: Tensor) -> Tensor:
+        return monarch_multiply(x, self.w1, self.w2)
+
+
+def make_linear(
+    kind: str, in_features: int, out_features: int, bias: bool = True, **kw: Any
+) -> nn.Module:
+    """Build a layer from :data:`LAYERS`; unknown structure arguments are a clear error."""
+    cls = LAYERS.get(kind)
+    allowed = list(getattr(cls, "structure_params", ()))
+    for name in kw:
+        if name not in allowed + ["device", "dtype"]:
+            raise InvalidInputError(
+                f"layer {kind!r} takes no argument {name!r}",
+                fix=did_you_mean(name, allowed) if allowed else f"{kind!r} takes none",
+            )
+    return cls(in_features, out_features, bias=bias, **kw)
+
+
+def structure_kwargs(kind: str, **candidates: Any) -> dict[str, Any]:
+    """The subset of ``candidates`` that layer ``kind`` accepts (drops ``nblocks`` for dense)."""
+    allowed = getattr(LAYERS.get(kind), "structure_params", ())
+    return {name: value for name, value in candidates.items() if name in allowed}
+
+
+def parameter_count(module: nn.Module) -> int:
+    """Number of trainable scalars (bias included)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

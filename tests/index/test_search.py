@@ -1,0 +1,135 @@
+"""Mixed-version search against an exact reference computed by hand, and the merge policies."""
+
+import numpy as np
+import pytest
+import torch
+
+from compat.adapters import build_adapter
+from index import galleries, versions
+from index.search import MERGE_POLICIES, MixedSearcher
+from kernels.errors import DirectionError, InvalidInputError, NotFoundError
+from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """30 items embedded by v1 and 20 by v2: a half-migrated gallery."""
+    ctx = new_deployment(tmp_path / "data")
+    old, new = unit_vectors(30, OLD_DIM, seed=1), unit_vectors(20, NEW_DIM, seed=2)
+    old_ids = galleries.ingest(ctx, "v1", [f"old-{i}" for i in range(30)], old)
+    new_ids = galleries.ingest(ctx, "v2", [f"new-{i}" for i in range(20)], new)
+    return ctx, old, new, np.array(old_ids), np.array(new_ids)
+
+
+def test_mixed_search_equals_exact_merge(mixed) -> None:
+    ctx, old, new, old_ids, new_ids = mixed
+    searcher = MixedSearcher.open(ctx, "v2")
+    queries = unit_vectors(8, NEW_DIM, seed=3)
+    bridged = searcher.views[0].bridge(torch.from_numpy(queries)).numpy()  # v1 space (first)
+    exact = np.concatenate([bridged @ old.T, queries @ new.T], axis=1)  # (8, 50)
+    all_ids = np.concatenate([old_ids, new_ids])
+    result = searcher.search(torch.from_numpy(queries), k=10)
+    for q in range(8):
+        # Tie-aware: each returned id carries its exact score, and none is beaten by a left-out item.
+        exact_by_id = dict(zip(all_ids.tolist(), exact[q].tolist(), strict=True))
+        kth_best = np.sort(exact[q])[::-1][9]
+        got = [exact_by_id[int(i)] for i in result.ids[q]]
+        np.testing.assert_allclose(result.scores[q], got, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            result.scores[q], np.sort(exact[q])[::-1][:10], rtol=1e-5, atol=1e-6
+        )
+        assert min(got) >= kth_best - 1e-6 and len(set(result.ids[q].tolist())) == 10
+    assert result.space_names == ["v1", "v2"]
+    answered_by = {
+        int(i): s for i, s in zip(result.ids.ravel(), result.spaces.ravel(), strict=True)
+    }
+    assert all(answered_by[i] == 0 for i in answered_by if i in set(old_ids))
+
+
+def test_bridge_equals_adapter_forward(mixed) -> None:
+    ctx, *_ = mixed
+    searcher = MixedSearcher.open(ctx, "v2")
+    with ctx.transaction() as session:
+        adapter = versions.query_adapter(
+            ctx, session, versions.get_version(session, "v2"), versions.get_version(session, "v1")
+        )
+    q = torch.from_numpy(unit_vectors(4, NEW_DIM, seed=4))
+    expected = torch.nn.functional.normalize(adapter(q).detach(), dim=1)
+    torch.testing.assert_close(searcher.views[0].bridge(q), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", MERGE_POLICIES.keys())
+def test_every_policy_returns_each_item_once(mixed, policy: str) -> None:
+    ctx, *_ = mixed
+    result = MixedSearcher.open(ctx, "v2").search(
+        torch.from_numpy(unit_vectors(5, NEW_DIM, 5)), 50, policy
+    )
+    for row in result.ids:
+        assert sorted(row) == sorted(set(row)) and len(row) == 50
+
+
+def test_native_first_puts_native_hits_first(mixed) -> None:
+    ctx, *_ = mixed
+    result = MixedSearcher.open(ctx, "v2").search(
+        torch.from_numpy(unit_vectors(3, NEW_DIM, 6)), 25, "native_first"
+    )
+    for spaces in result.spaces:
+        assert list(spaces[:20]) == [1] * 20 and set(spaces[20:]) == {0}
+
+
+def test_external_ids_and_padding(mixed) -> None:
+    ctx, *_ = mixed
+    searcher = MixedSearcher.open(ctx, "v2")
+    result = searcher.search(torch.from_numpy(unit_vectors(2, NEW_DIM, 7)), k=60)
+    assert (result.ids[:, 50:] == -1).all()
+    names = searcher.external_ids(result.ids)
+    assert names[0][50:] == [None] * 10 and all(
+        n.startswith(("old-", "new-")) for n in names[0][:50]
+    )
+
+
+def test_query_errors(mixed) -> None:
+    ctx, *_ = mixed
+    searcher = MixedSearcher.open(ctx, "v2")
+    with pytest.raises(InvalidInputError, match="width 6"):
+        searcher.search(torch.from_numpy(unit_vectors(2, OLD_DIM, 0)))
+    bad = unit_vectors(2, NEW_DIM, 0)
+    bad[1, 3] = np.nan
+    with pytest.raises(InvalidInputError, match=r"NaN or Inf values in row\(s\) \[1\]"):
+        searcher.search(torch.from_numpy(bad))
+    with pytest.raises(NotFoundError, match="did you mean 'v2'"):
+        MixedSearcher.open(ctx, "v3")
+
+
+def test_v1_queries_cannot_use_a_backward_adapter_forwards(mixed) -> None:
+    ctx, *_ = mixed  # v1 queries must reach the v2 space: only a v2 -> v1 backward map exists
+    with pytest.raises(DirectionError, match="cannot map v1 queries"):
+        MixedSearcher.open(ctx, "v1")
+
+
+def test_no_adapter_is_a_clear_error(tmp_path) -> None:
+    ctx = new_deployment(tmp_path / "d")
+    with ctx.transaction() as session:
+        v3 = versions.register_version(
+            ctx,
+            session,
+            "v3",
+            versions.load_version_encoder(ctx, versions.get_version(session, "v2")),
+        )
+        galleries.create_space(session, v3)
+    galleries.ingest(ctx, "v1", ["a"], unit_vectors(1, OLD_DIM, 0))
+    with pytest.raises(NotFoundError, match="no adapter from 'v3' to 'v1'"):
+        MixedSearcher.open(ctx, "v3")
+
+
+def test_wrong_width_adapter_cannot_be_registered(tmp_path) -> None:
+    ctx = new_deployment(tmp_path / "d")
+    with ctx.transaction() as session, pytest.raises(DirectionError, match="spaces need 10->6"):
+        versions.register_adapter(
+            ctx,
+            session,
+            build_adapter("orthogonal", {"dim_in": 10, "dim_out": 5}),
+            versions.get_version(session, "v2"),
+            versions.get_version(session, "v1"),
+            name="bad",
+        )

@@ -1,0 +1,283 @@
+"""``project``: reference vs fp64, torch path vs reference, Triton kernel by the precision rule."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from kernels import project, project_ref
+from kernels.errors import InvalidInputError
+
+# the module, not the function that `kernels.project` names
+project_mod = importlib.import_module("kernels.project")
+
+# Tolerances for the precision-aware rule, per input dtype (outputs are O(1)).
+ATOL = {torch.float32: 1e-6, torch.float16: 1e-4}
+
+
+def _data(
+    n: int,
+    d_in: int,
+    d_out: int,
+    dtype: torch.dtype = torch.float32,
+    bias: bool = True,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Seeded x (n, d_in), weight (d_in, d_out) scaled so outputs are O(1), bias (d_out,)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=g).to(dtype)
+    w = (torch.randn(d_in, d_out, generator=g) / d_in**0.5).to(dtype)
+    b = torch.randn(d_out, generator=g).to(dtype) if bias else None
+    return x, w, b
+
+
+def _fp64(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, normalize: bool
+) -> torch.Tensor:
+    """The fp64 reference of the same (already rounded) inputs."""
+    return project_ref(
+        x.double(), w.double(), None if b is None else b.double(), normalize=normalize
+    )
+
+
+def _err(y: torch.Tensor, ref64: torch.Tensor) -> float:
+    return (y.double() - ref64).abs().max().item()
+
+
+# --- reference -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_ref_matches_fp64_hand_computation(normalize: bool) -> None:
+    x, w, b = _data(7, 13, 5)
+    xd, wd, bd = x.double(), w.double(), b.double()
+    # sum_k x[i, k] w[k, j] + b[j], written out: (7, 13, 1) * (1, 13, 5) -> sum over k -> (7, 5)
+    y = (xd[:, :, None] * wd[None, :, :]).sum(dim=1) + bd
+    if normalize:
+        y = y / y.pow(2).sum(dim=1, keepdim=True).sqrt()
+    out = project_ref(x, w, b, normalize=normalize)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), y, rtol=1e-6, atol=1e-6)
+
+
+def test_ref_accumulates_in_fp32_for_fp16_inputs() -> None:
+    x, w, b = _data(4, 300, 8, torch.float16)
+    out = project_ref(x, w, b, out_dtype=torch.float32)
+    # only fp32 accumulation gets this close to fp64 on a K=300 sum of fp16 products
+    assert _err(out, _fp64(x, w, b, False)) < 1e-5
+
+
+def test_ref_normalize_zero_row_is_zero() -> None:
+    x, w, _ = _data(3, 6, 4)
+    x[1] = 0
+    out = project_ref(x, w, None, normalize=True)
+    assert torch.all(out[1] == 0) and torch.isfinite(out).all()
+
+
+# --- torch path ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(("d_in", "d_out"), [(50, 23), (100, 64)])
+@pytest.mark.parametrize("n", [1, 37, 1000])
+def test_torch_path_equals_ref(
+    monkeypatch: pytest.MonkeyPatch,
+    n: int,
+    d_in: int,
+    d_out: int,
+    bias: bool,
+    normalize: bool,
+    dtype: torch.dtype,
+) -> None:
+    monkeypatch.setenv("HOTSWAP_KERNELS", "torch")
+    x, w, b = _data(n, d_in, d_out, dtype, bias)
+    out = project(x, w, b, normalize=normalize)
+    ref = project_ref(x, w, b, normalize=normalize)
+    assert out.shape == (n, d_out) and out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-3  # fp16: one output ulp where roundings differ
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "out_dtype"),
+    [
+        (torch.float16, torch.float32),
+        (torch.float32, torch.float16),
+        (torch.float64, torch.float64),
+    ],
+)
+def test_torch_path_out_dtype(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, out_dtype: torch.dtype
+) -> None:
+    monkeypatch.setenv("HOTSWAP_KERNELS", "torch")
+    x, w, b = _data(9, 20, 11, dtype)
+    out = project(x, w, b, normalize=True, out_dtype=out_dtype)
+    assert out.dtype == out_dtype
+    ref = project_ref(x, w, b, normalize=True, out_dtype=out_dtype)
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_torch_path_gradients_match_ref(monkeypatch: pytest.MonkeyPatch, normalize: bool) -> None:
+    monkeypatch.setenv("HOTSWAP_KERNELS", "auto")
+    x, w, b = _data(6, 10, 7)
+    grads = []
+    for fn in (project, project_ref):
+        wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+        fn(x, wr, br, normalize=normalize).pow(2).sum().backward()
+        grads.append((wr.grad, br.grad))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_torch_path_output_can_feed_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs are ordinary tensors (not inference tensors): a trainable layer may consume them."""
+    monkeypatch.setenv("HOTSWAP_KERNELS", "torch")
+    x, w, b = _data(5, 8, 4)
+    y = project(x, w, b, normalize=True)
+    assert not y.is_inference() and not y.requires_grad
+    layer = torch.nn.Linear(4, 2)
+    layer(y).sum().backward()
+    assert layer.weight.grad is not None
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [project, project_ref])
+def test_width_mismatch_names_both_widths(fn: Callable[..., torch.Tensor]) -> None:
+    x, _, _ = _data(3, 50, 4)
+    _, w, _ = _data(3, 64, 4)
+    with pytest.raises(InvalidInputError, match=r"d_in=50.*d_in=64"):
+        fn(x, w)
+
+
+def test_1d_input_names_the_shape() -> None:
+    _, w, _ = _data(1, 50, 4)
+    with pytest.raises(InvalidInputError, match=r"\(50,\)"):
+        project(torch.zeros(50), w)
+
+
+def test_mismatched_bias_names_both_sizes() -> None:
+    x, w, _ = _data(3, 50, 4)
+    with pytest.raises(InvalidInputError, match=r"\(4,\).*\(5,\)"):
+        project(x, w, torch.zeros(5))
+
+
+@pytest.mark.parametrize(
+    ("x", "w", "b", "out_dtype", "match"),
+    [
+        (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(3, 4), None, None, "floating"),
+        (torch.zeros(2, 3), torch.zeros(3, 4), None, torch.int8, "out_dtype"),
+        (torch.zeros(2, 3), torch.zeros(3, 4, device="meta"), None, None, "meta"),
+        (torch.zeros(2, 3), torch.zeros(3, 4), torch.zeros(4, device="meta"), None, "bias"),
+    ],
+)
+def test_bad_dtypes_and_devices(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+    match: str,
+) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        project(x, w, b, out_dtype=out_dtype)
+
+
+# --- Triton kernel (interpreter on CPU, real kernel on GPU) --------------------------------------
+
+
+@pytest.fixture
+def triton_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Force the Triton path; skip where it cannot run. Returns a list that counts launches."""
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'hotswap[triton]')")
+    from kernels import dispatch
+
+    reason = dispatch.triton_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"Triton cannot run here: {reason}")
+    monkeypatch.setenv("HOTSWAP_KERNELS", "triton")
+    launches: list[int] = []
+    real = project_mod._launch_triton
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        launches.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(project_mod, "_launch_triton", counting)
+    return launches
+
+
+# (N, d_in, d_out): one program and one K step; several programs and K steps with masked tails
+SHAPES = [(37, 50, 23), (130, 150, 23), (1, 33, 70)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("bias", "normalize"), [(False, False), (True, True), (True, False)])
+@pytest.mark.parametrize(("n", "d_in", "d_out"), SHAPES)
+def test_triton_precision_rule(
+    triton_on: list[int],
+    n: int,
+    d_in: int,
+    d_out: int,
+    bias: bool,
+    normalize: bool,
+    dtype: torch.dtype,
+) -> None:
+    """err(kernel vs fp64) <= 2 * err(same-precision torch ref vs fp64) + atol."""
+    x, w, b = _data(n, d_in, d_out, dtype, bias, seed=n + d_in)
+    ref64 = _fp64(x, w, b, normalize)
+    out = project(x, w, b, normalize=normalize)
+    assert triton_on == [1] and out.shape == (n, d_out) and out.dtype == dtype
+    ref_err = _err(project_ref(x, w, b, normalize=normalize), ref64)
+    assert _err(out, ref64) <= 2 * ref_err + ATOL[dtype]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "w_dtype", "out_dtype"),
+    [(torch.float16, torch.float32, torch.float32), (torch.float32, torch.float32, torch.float16)],
+)
+def test_triton_mixed_dtypes(
+    triton_on: list[int], dtype: torch.dtype, w_dtype: torch.dtype, out_dtype: torch.dtype
+) -> None:
+    x, _, b = _data(37, 50, 23, dtype)
+    _, w, _ = _data(37, 50, 23, w_dtype)
+    out = project(x, w, b, normalize=True, out_dtype=out_dtype)
+    ref = project_ref(x, w, b, normalize=True, out_dtype=out_dtype)
+    assert triton_on == [1] and out.dtype == out_dtype
+    ref64 = _fp64(x, w, b, True)
+    assert _err(out, ref64) <= 2 * _err(ref, ref64) + ATOL[torch.float16]
+
+
+def test_triton_strided_input(triton_on: list[int]) -> None:
+    x, w, b = _data(37, 100, 23)
+    xs = x[:, ::2]  # (37, 50) view with stride (100, 2): the kernel reads it without a copy
+    out = project(xs, w[:50], b, normalize=True)
+    assert triton_on == [1]
+    ref = project_ref(xs, w[:50], b, normalize=True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_triton_empty_batch(triton_on: list[int]) -> None:
+    x, w, b = _data(0, 50, 23)
+    assert project(x, w, b, normalize=True).shape == (0, 23)
+
+
+def test_triton_domain(triton_on: list[int]) -> None:
+    """Wider than 2048 or fp64: the launcher refuses, ``project`` routes to torch."""
+    from kernels._triton_project import project_triton
+
+    x, w, _ = _data(2, 3, 2049)
+    with pytest.raises(InvalidInputError, match="2048.*2049"):
+        project_triton(x, w, None, False, torch.float32)
+    torch.testing.assert_close(project(x, w), project_ref(x, w))
+    xd, wd, _ = _data(2, 3, 4, torch.float64)
+    with pytest.raises(InvalidInputError, match="float64"):
+        project_triton(xd, wd, None, False, torch.float64)
+    assert project(xd, wd).dtype == torch.float64
+    assert triton_on == []
