@@ -1,0 +1,46 @@
+"""The pretrained-model libraries import on CPU torch (each test in a fresh interpreter: imports are global)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_libraries_import_and_build_a_model() -> None:
+    result = python(
+        "from models.pretrained import import_library as lib\n"
+        "open_clip = lib('open_clip'); st = lib('sentence_transformers'); tf = lib('transformers')\n"
+        "model = open_clip.create_model('ViT-B-32', pretrained=None)\n"
+        "print(type(model).__name__, st.SentenceTransformer.__name__, tf.AutoModel.__name__)\n"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["CLIP", "SentenceTransformer", "AutoModel"]
+
+
+def test_the_workaround_is_what_makes_it_work() -> None:
+    probe = python(
+        "from models._torchvision_shim import _extension_loads as ok; import importlib.util as u, pathlib as p; "
+        "print(ok(p.Path(u.find_spec('torchvision').origin).parent))"
+    )
+    if probe.stdout.strip() == "True":
+        pytest.skip(
+            "torchvision's compiled ops load here (CUDA torch): the workaround is not needed"
+        )
+    result = python("import open_clip")
+    assert result.returncode != 0 and "torchvision::nms does not exist" in result.stderr
+
+
+def test_missing_library_names_the_extra() -> None:
+    result = python(
+        "import sys; sys.modules['open_clip'] = None\n"
+        "from models.pretrained import import_library\n"
+        "try:\n    import_library('open_clip')\nexcept ImportError as e:\n    print(e)\n"
+    )
+    assert "pip install 'hotswap[pretrained]'" in result.stdout
