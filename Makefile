@@ -11,11 +11,12 @@ export HF_HUB_OFFLINE := 1
 demo: $(VENV)/.core data
 	$(BIN)/hotswap demo
 
-test: $(VENV)/.dev data postgres
+test: $(VENV)/.dev data postgres lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 $(VENV)/.core: pyproject.toml constraints.txt

@@ -64,6 +64,9 @@ def demo(
         bool, typer.Option("--quick", help="Small splits and one epoch (about 20 s).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    prototypes: Annotated[
+        str, typer.Option(help="BCT's old classifier: class_means, or classifier (the paper's).")
+    ] = "class_means",
     as_json: Json = False,
 ) -> None:
     """Train v1 and a compatible v2, serve v2 queries on the v1 gallery, migrate it in waves."""
@@ -71,11 +74,8 @@ def demo(
     from cli.render import demo_report
     from index.demo import DemoConfig, run_demo
 
-    config = (
-        DemoConfig.quick(dataset=dataset, seed=seed)
-        if quick
-        else DemoConfig(dataset=dataset, seed=seed)
-    )
+    options: dict[str, Any] = {"dataset": dataset, "seed": seed, "prototypes": prototypes}
+    config = DemoConfig.quick(**options) if quick else DemoConfig(**options)
     with progress_reporter() as report:
         result = run_demo(directory, config, report)
     _emit(result, as_json, demo_report(result))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from safetensors.torch import save
@@ -130,8 +130,9 @@ class OrthogonalAdapter(Adapter):
 
     def serving_form(self) -> ServingForm:
         with torch.no_grad():
-            weight = self.linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
-            bias = None if self.linear.bias is None else self.linear.bias.detach().clone()
+            linear = cast(nn.Linear, self.linear)  # the parametrization computes .weight on access
+            weight = linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
+            bias = None if linear.bias is None else linear.bias.detach().clone()
         # Widening orthonormal columns preserve norms: unit inputs stay unit, normalize is a no-op.
         isometric = self.dim_out >= self.dim_in and bias is None
         return ServingForm(weight=weight, bias=bias, normalize=not isometric)

@@ -95,6 +95,7 @@ class BCT(Objective):
     """
 
     key = "bct"
+    prototypes: Tensor  # (classes, old_dim) unit rows, a buffer
 
     def __init__(self, config: BCTConfig, prototypes: Tensor) -> None:
         super().__init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +76,7 @@ def _optimizer(
     """AdamW with weight decay everywhere except on orthogonal parametrizations (it breaks them)."""
     params = list(encoder.parameters()) + list(objective.parameters())
     exempt = {id(p) for p in no_decay_parameters(objective) + no_decay_parameters(encoder)}
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": [p for p in params if id(p) not in exempt]},
         {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0},
     ]

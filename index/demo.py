@@ -18,13 +18,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
 from compat.metrics import compatible, curve_area, self_retrieval_metrics
-from compat.objectives import BCT, BCTConfig, Classification, ObjectiveConfig, old_prototypes
+from compat.objectives import (
+    BCT,
+    BCTConfig,
+    Classification,
+    ObjectiveConfig,
+    PrototypeMode,
+    old_prototypes,
+)
 from compat.training import TrainConfig, train
 from index import galleries, migrate, versions
 from index.catalog import EvalResult
@@ -48,6 +55,7 @@ class DemoConfig(Config):
     v1_epochs: int = 5
     v2_epochs: int = 5
     v2_layer: str = "monarch"
+    prototypes: PrototypeMode = "class_means"  # BCT's old classifier (compat.objectives)
     waves: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     train_limit: int | None = None  # rows of the training split used (None: all); quick mode
     gallery_limit: int | None = None  # rows of the test split used as query set = gallery
@@ -60,6 +68,10 @@ class DemoConfig(Config):
             f"waves must rise to 1.0, got {self.waves}",
         )
         check(self.waves[0] > 0, "the first wave must migrate some items")
+        check(
+            self.prototypes in get_args(PrototypeMode),
+            f"prototypes must be one of {get_args(PrototypeMode)}, got {self.prototypes!r}",
+        )
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -78,11 +90,11 @@ def run_demo(directory: Path, config: DemoConfig, report: Report | None = None) 
     x_test, y_test = torch.from_numpy(data.test_x), torch.from_numpy(data.test_y)
 
     with clock("train v1"):
-        v1 = _train_v1(data, config, report)
+        v1, v1_classifier = _train_v1(data, config, report)
     with clock("embed + ingest gallery"):
         ids = _register_v1_gallery(ctx, v1, x_test)
     with clock("train v2"):
-        v2, adapter = _train_v2(data, v1, config, report)
+        v2, adapter = _train_v2(data, v1, v1_classifier, config, report)
     with ctx.transaction() as session:
         old, new = (
             versions.get_version(session, "v1"),
@@ -124,7 +136,10 @@ class StageClock:
             self.seconds[stage] = round(time.perf_counter() - start, 1)
 
 
-def _train_v1(data: LabelledImages, config: DemoConfig, report: Report) -> Encoder:
+def _train_v1(
+    data: LabelledImages, config: DemoConfig, report: Report
+) -> tuple[Encoder, torch.Tensor]:
+    """v1 and its classifier's weights (classes 0..old_classes-1), which BCT's paper variant reuses."""
     x, y = subset_classes(data.train_x, data.train_y, range(config.old_classes))
     encoder = build_encoder(
         "mlp", MLPEncoderConfig(input_dim=data.dim, hidden_dims=(256,), embed_dim=64)
@@ -138,7 +153,7 @@ def _train_v1(data: LabelledImages, config: DemoConfig, report: Report) -> Encod
         TrainConfig(epochs=config.v1_epochs, seed=config.seed),
         lambda done, total: report("train v1 (classes 0-4)", done, total),
     )
-    return encoder
+    return encoder, objective.head.weight.detach()
 
 
 def _register_v1_gallery(ctx: Context, v1: Encoder, x_test: torch.Tensor) -> np.ndarray:
@@ -149,10 +164,16 @@ def _register_v1_gallery(ctx: Context, v1: Encoder, x_test: torch.Tensor) -> np.
 
 
 def _train_v2(
-    data: LabelledImages, v1: Encoder, config: DemoConfig, report: Report
+    data: LabelledImages,
+    v1: Encoder,
+    v1_classifier: torch.Tensor,
+    config: DemoConfig,
+    report: Report,
 ) -> tuple[Encoder, Any]:
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
-    prototypes = old_prototypes(embed(v1, x), y, data.classes, mode="class_means")
+    prototypes = old_prototypes(
+        embed(v1, x), y, data.classes, mode=config.prototypes, old_classifier=v1_classifier
+    )
     encoder = build_encoder(
         "mlp",
         MLPEncoderConfig(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from compat.vectors import check_vectors
@@ -88,7 +88,7 @@ def plan(
         session.flush()
         priority = order(ids, seed)
         session.execute(
-            BackfillTask.__table__.insert(),
+            insert(BackfillTask),
             [
                 {"run_id": run.id, "item_id": int(i), "priority": float(p), "state": "pending"}
                 for i, p in zip(ids, priority, strict=True)
@@ -109,7 +109,7 @@ def run(
     """Run waves until the ledger is empty, ``max_waves`` ran, or someone paused the run."""
     report = _start(ctx, run_id)
     with ctx.transaction() as session:
-        store = load_store(ctx, session.get(EmbeddingSpace, _run(session, run_id).target_space_id))
+        store = load_store(ctx, _target(session, _run(session, run_id)))
     waves = 0
     while report.done < report.total and (max_waves is None or waves < max_waves):
         if _state(ctx, run_id) == "paused":
@@ -126,7 +126,7 @@ def run(
 def _wave(ctx: Context, run_id: int, store, reembed: Reembed, wave_size: int) -> WaveReport:
     with ctx.transaction() as session:
         run_row = _run(session, run_id)
-        target = session.get(EmbeddingSpace, run_row.target_space_id)
+        target = _target(session, run_row)
         tasks = session.scalars(
             select(BackfillTask)
             .where(BackfillTask.run_id == run_id, BackfillTask.state == "pending")
@@ -160,7 +160,7 @@ def _move_authority(session: Session, run_row: MigrationRun, ids: np.ndarray) ->
             .values(authoritative=False)
         )
     session.execute(  # a replayed wave left no row behind: its transaction never committed
-        ItemEmbedding.__table__.insert(),
+        insert(ItemEmbedding),
         [
             {
                 "item_id": i,
@@ -218,6 +218,10 @@ def _run(session: Session, run_id: int) -> MigrationRun:
             f"no migration run {run_id}", fix="list runs with: hotswap migrate status"
         )
     return found
+
+
+def _target(session: Session, run_row: MigrationRun) -> EmbeddingSpace:
+    return session.get_one(EmbeddingSpace, run_row.target_space_id)  # a foreign key: it exists
 
 
 def _next_wave_number(session: Session, run_id: int) -> int:

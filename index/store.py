@@ -10,6 +10,7 @@ half-written index, and a crash between the two leaves an orphan file, never a w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -23,7 +24,7 @@ class GalleryStore:
     search their own loaded snapshot."""
 
     def __init__(self, index: faiss.Index) -> None:
-        self.index = index
+        self.index: Any = index  # faiss's SWIG classes are untyped (IndexIDMap2 has id_map, ...)
 
     @classmethod
     def create(cls, dim: int, factory: str = "Flat") -> GalleryStore:
@@ -72,7 +73,8 @@ class GalleryStore:
         params = None
         if allowed is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            params = faiss.SearchParameters(sel=selector)
+            params = faiss.SearchParameters()
+            params.sel = selector
         k = max(1, min(k, self.ntotal))
         scores, ids = self.index.search(queries, k, params=params)
         return scores, ids

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from torch import nn
 
 from compat.adapters import Adapter, load_adapter, save_adapter
 from index.catalog import Adapter as AdapterRecord
@@ -14,9 +14,10 @@ from index.catalog import ModelVersion
 from index.context import Context
 from kernels.errors import ConflictError, DirectionError, NotFoundError, did_you_mean
 from models.checkpoint import load_encoder, save_encoder
+from models.encoders import Encoder
 
 
-def register_version(ctx: Context, session: Session, name: str, encoder: nn.Module) -> ModelVersion:
+def register_version(ctx: Context, session: Session, name: str, encoder: Encoder) -> ModelVersion:
     """Save the encoder's weights under ``models/`` and record the version with their sha256."""
     _refuse_existing(session, ModelVersion, name, "model version")
     path = ctx.path(f"models/{name}.safetensors")
@@ -42,7 +43,7 @@ def get_version(session: Session, name: str) -> ModelVersion:
     return version
 
 
-def load_version_encoder(ctx: Context, version: ModelVersion) -> nn.Module:
+def load_version_encoder(ctx: Context, version: ModelVersion) -> Encoder:
     return load_encoder(ctx.path(f"models/{version.name}.safetensors"), version.weights_sha256)
 
 
@@ -114,6 +115,6 @@ def query_adapter(
     )
 
 
-def _refuse_existing(session: Session, table: type, name: str, what: str) -> None:
+def _refuse_existing(session: Session, table: Any, name: str, what: str) -> None:
     if session.scalar(select(table).where(table.name == name)) is not None:
         raise ConflictError(f"{what} {name!r} already exists", fix="choose another name")
