@@ -37,3 +37,28 @@ def demo_report(r: dict[str, Any]) -> str:
         "time: " + ", ".join(f"{stage} {sec:.0f} s" for stage, sec in r["seconds"].items()),
     ]
     return "\n".join(lines)
+
+
+def status_report(s: dict[str, Any]) -> str:
+    """The catalog summary as short aligned sections."""
+    lines = ["versions:"]
+    lines += [f"  {v['name']:<16} {v['encoder']:<10} dim {v['dim']}" for v in s["versions"]] or [
+        "  (none)"
+    ]
+    lines.append("spaces:")
+    lines += [
+        f"  {sp['name']:<16} version {sp['version']:<10} {sp['vectors']} vectors, "
+        f"{sp['authoritative']} authoritative, snapshot {sp['snapshot']}"
+        for sp in s["spaces"]
+    ] or ["  (none)"]
+    lines.append("adapters:")
+    lines += [
+        f"  {a['name']:<16} {a['kind']} {a['direction']} {a['source']} -> {a['target']}"
+        for a in s["adapters"]
+    ] or ["  (none)"]
+    lines.append("migrations:")
+    lines += [
+        f"  run {m['run']}: {m['state']}, {m['done']}/{m['total']} items, {m['ordering']} order"
+        for m in s["migrations"]
+    ] or ["  (none)"]
+    return "\n".join(lines)

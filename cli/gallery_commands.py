@@ -1,0 +1,94 @@
+"""Commands on a running deployment: ingest vectors, query them, show what the catalog holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.app import DEFAULT_DIR, Database, DataDir, Json, app, emit, models_app
+
+VectorsFile = Annotated[Path, typer.Option("--vectors", help="float32 (N, d) array, .npy.")]
+
+
+@app.command(rich_help_panel="Serve and inspect")
+def ingest(
+    space: Annotated[str, typer.Option(help="Embedding space that receives the vectors.")],
+    vectors: VectorsFile,
+    ids: Annotated[Path, typer.Option("--ids", help="External ids, one per line, row-aligned.")],
+    directory: DataDir = DEFAULT_DIR,
+    database: Database = None,
+    as_json: Json = False,
+) -> None:
+    """Add items with precomputed vectors to a space (all or nothing: bad input changes nothing)."""
+    from index.context import open_context
+    from index.galleries import ingest as ingest_items
+    from models.vector_files import load_ids, load_vectors
+
+    ctx = open_context(directory, database)
+    item_ids = ingest_items(ctx, space, load_ids(ids), load_vectors(vectors))
+    result = {"space": space, "ingested": len(item_ids)}
+    emit(
+        result,
+        as_json,
+        f"ingested {len(item_ids)} items into {space!r}\n"
+        f"next: hotswap query --dir {directory} --version <version> --vectors <queries.npy>",
+    )
+
+
+@app.command(rich_help_panel="Serve and inspect")
+def query(
+    version: Annotated[str, typer.Option(help="Model version that embedded the queries.")],
+    vectors: VectorsFile,
+    k: Annotated[int, typer.Option("-k", min=1, max=10_000, help="Results per query.")] = 10,
+    policy: Annotated[str, typer.Option(help="Merge policy: score, rrf, native_first.")] = "score",
+    directory: DataDir = DEFAULT_DIR,
+    database: Database = None,
+) -> None:
+    """Search every space holding part of the gallery; one JSON line per query on stdout."""
+    import torch
+
+    from index.context import open_context
+    from index.search import MixedSearcher
+    from models.vector_files import load_vectors
+
+    searcher = MixedSearcher.open(open_context(directory, database), version)
+    result = searcher.search(torch.from_numpy(load_vectors(vectors)), k=k, policy=policy)
+    names = searcher.external_ids(result.ids)
+    for q, row in enumerate(names):
+        hits = [
+            {"id": name, "score": round(float(score), 6), "space": result.space_names[space]}
+            for name, score, space in zip(row, result.scores[q], result.spaces[q], strict=True)
+            if name is not None
+        ]
+        typer.echo(json.dumps({"query": q, "hits": hits}))
+
+
+@app.command(rich_help_panel="Serve and inspect")
+def status(
+    directory: DataDir = DEFAULT_DIR, database: Database = None, as_json: Json = False
+) -> None:
+    """Versions, spaces (vectors, authoritative items), adapters and migration runs."""
+    from cli.render import status_report
+    from index.context import open_context
+    from index.status import summary
+
+    result = summary(open_context(directory, database))
+    emit(result, as_json, status_report(result))
+
+
+@models_app.command("list")
+def models_list(
+    directory: DataDir = DEFAULT_DIR, database: Database = None, as_json: Json = False
+) -> None:
+    """The registered model versions."""
+    from index.context import open_context
+    from index.status import summary
+
+    versions = summary(open_context(directory, database))["versions"]
+    text = "\n".join(
+        f"{v['name']:<16} {v['encoder']:<12} dim {v['dim']:<6} {v['status']}" for v in versions
+    )
+    emit(versions, as_json, text or "no model versions yet")

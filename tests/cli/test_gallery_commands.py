@@ -1,0 +1,109 @@
+"""ingest, query, status and models list against a real deployment."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    data = tmp_path / "data"
+    new_deployment(data)
+    np.save(tmp_path / "old.npy", unit_vectors(20, OLD_DIM, seed=1))
+    (tmp_path / "ids.txt").write_text("\n".join(f"doc-{i}" for i in range(20)) + "\n")
+    return tmp_path, data
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_ingest_then_query_with_the_new_version(deployment) -> None:
+    tmp, data = deployment
+    out = invoke(
+        "ingest",
+        "--dir",
+        str(data),
+        "--space",
+        "v1",
+        "--vectors",
+        str(tmp / "old.npy"),
+        "--ids",
+        str(tmp / "ids.txt"),
+        "--json",
+    )
+    assert json.loads(out.stdout) == {"space": "v1", "ingested": 20}
+    np.save(tmp / "q.npy", unit_vectors(3, NEW_DIM, seed=2))
+    out = invoke(
+        "query", "--dir", str(data), "--version", "v2", "--vectors", str(tmp / "q.npy"), "-k", "4"
+    )
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["query"] for line in lines] == [0, 1, 2]
+    for line in lines:
+        assert len(line["hits"]) == 4 and {h["space"] for h in line["hits"]} == {"v1"}
+        scores = [h["score"] for h in line["hits"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_status_and_models_list(deployment) -> None:
+    tmp, data = deployment
+    invoke(
+        "ingest",
+        "--dir",
+        str(data),
+        "--space",
+        "v1",
+        "--vectors",
+        str(tmp / "old.npy"),
+        "--ids",
+        str(tmp / "ids.txt"),
+    )
+    s = json.loads(invoke("status", "--dir", str(data), "--json").stdout)
+    assert [sp["authoritative"] for sp in s["spaces"]] == [20, 0]
+    assert s["adapters"][0]["direction"] == "backward"
+    assert "v2-to-v1" in invoke("status", "--dir", str(data)).stdout
+    versions = json.loads(invoke("models", "list", "--dir", str(data), "--json").stdout)
+    assert [v["name"] for v in versions] == ["v1", "v2"]
+
+
+@pytest.mark.parametrize(
+    ("vectors", "ids", "message"),
+    [
+        (unit_vectors(20, OLD_DIM + 1, 0), None, "width 7, the space expects 6"),
+        (unit_vectors(19, OLD_DIM, 0), None, "20 external ids for 19 vectors"),
+        (None, "doc-1\n\ndoc-2\n", "blank lines at [2]"),
+        (np.array(["a", "b"]), None, "float (N, d) array"),
+    ],
+)
+def test_bad_files_are_refused(deployment, vectors, ids, message) -> None:
+    tmp, data = deployment
+    if vectors is not None:
+        np.save(tmp / "old.npy", vectors)
+    if ids is not None:
+        (tmp / "ids.txt").write_text(ids)
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            "--dir",
+            str(data),
+            "--space",
+            "v1",
+            "--vectors",
+            str(tmp / "old.npy"),
+            "--ids",
+            str(tmp / "ids.txt"),
+        ],
+    )
+    assert result.exit_code != 0 and message in str(result.exception)
+    s = json.loads(invoke("status", "--dir", str(data), "--json").stdout)
+    assert s["spaces"][0]["vectors"] == 0  # nothing was ingested
