@@ -92,3 +92,27 @@ def models_list(
         f"{v['name']:<16} {v['encoder']:<12} dim {v['dim']:<6} {v['status']}" for v in versions
     )
     emit(versions, as_json, text or "no model versions yet")
+
+
+@app.command(rich_help_panel="Serve and inspect")
+def serve(
+    directory: DataDir = DEFAULT_DIR,
+    database: Database = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it local.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Require 'Authorization: Bearer TOKEN'.", envvar="HOTSWAP_TOKEN"),
+    ] = None,
+) -> None:
+    """Serve POST /query, GET /status, GET /healthz (OpenAPI docs at /docs)."""
+    from cli.server import create_app
+    from index.context import open_context
+    from kernels.optional import require
+
+    uvicorn = require("uvicorn", "serve")
+    api = create_app(open_context(directory, database), token=token)
+    typer.echo(f"serving {directory} on http://{host}:{port} (docs: /docs)", err=True)
+    uvicorn.run(api, host=host, port=port, log_level="warning")

@@ -1,0 +1,162 @@
+"""The real HTTP service: `hotswap serve` on a loopback port, queried with a real HTTP client."""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from index import galleries, migrate
+from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "s3cret"
+N = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A deployment with N items in v1, served by a real `hotswap serve` process."""
+    ctx = new_deployment(tmp_path / "data")
+    galleries.ingest(ctx, "v1", [f"doc-{i}" for i in range(N)], unit_vectors(N, OLD_DIM, seed=1))
+    port = free_port()
+    command = "from cli.main import main; main()"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            command,
+            "serve",
+            "--dir",
+            str(ctx.data_dir),
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {server.stderr.read()}") from None
+            time.sleep(0.2)
+    yield ctx, client
+    server.terminate()
+    server.wait(timeout=10)
+    client.close()
+
+
+def query(
+    client: httpx.Client, vectors: np.ndarray, k: int = 5, version: str = "v2"
+) -> httpx.Response:
+    return client.post("/query", json={"version": version, "vectors": vectors.tolist(), "k": k})
+
+
+def test_query_status_and_docs(served) -> None:
+    ctx, client = served
+    response = query(client, unit_vectors(3, NEW_DIM, seed=2))
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 3 and all(len(r) == 5 for r in results)
+    assert {hit["space"] for r in results for hit in r} == {"v1"}
+    status = client.get("/status").json()
+    assert [s["authoritative"] for s in status["spaces"]] == [N, 0]
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/query", "/status", "/healthz"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"version": "v9", "vectors": [[0.0] * NEW_DIM]}, 404, "unknown model version 'v9'"),
+        ({"version": "v2", "vectors": [[0.0] * 3]}, 422, "width 3, the space expects 10"),
+        ({"version": "v2", "vectors": [[1.0] * NEW_DIM, [1.0]]}, 422, "same width"),
+        (
+            {"version": "v2", "vectors": [[0.0] * NEW_DIM], "k": 0},
+            422,
+            "greater than or equal to 1",
+        ),
+        (
+            {"version": "v2", "vectors": [[0.0] * NEW_DIM], "policy": "best"},
+            404,
+            "unknown merge policy",
+        ),
+        ({"version": "v1", "vectors": [[0.0] * OLD_DIM]}, 200, ""),
+    ],
+)
+def test_bad_requests_get_clear_4xx(served, body, status, message) -> None:
+    _, client = served
+    response = client.post("/query", json=body)
+    assert response.status_code == status and message in response.text
+
+
+def test_token_and_size_limit(served) -> None:
+    _, client = served
+    anonymous = httpx.post(
+        str(client.base_url.join("/query")), json={"version": "v2", "vectors": [[0.0]]}
+    )
+    assert anonymous.status_code == 401
+    assert (
+        httpx.get(str(client.base_url.join("/healthz"))).status_code == 200
+    )  # health needs no token
+    huge = client.post(
+        "/query", content=b"x" * (9 * 1024 * 1024), headers={"content-type": "application/json"}
+    )
+    assert huge.status_code == 413
+
+
+def test_queries_during_a_migration_never_fail_nor_repeat(served) -> None:
+    ctx, client = served
+    run_id = migrate.plan(ctx, "v1", "v2", seed=4)
+    new_vectors = unit_vectors(N + 1, NEW_DIM, seed=5)
+    queries = unit_vectors(4, NEW_DIM, seed=6)
+    failures, answered = [], []
+    done = threading.Event()
+
+    def ask() -> None:
+        while not done.is_set():
+            response = query(client, queries, k=N)
+            if response.status_code != 200:
+                failures.append(response.text)
+                continue
+            for hits in response.json()["results"]:
+                ids = [h["id"] for h in hits]
+                answered.append(len(ids) == N and len(set(ids)) == N)
+
+    worker = threading.Thread(target=ask)
+    worker.start()
+    migrate.run(
+        ctx,
+        run_id,
+        lambda ids: torch.from_numpy(new_vectors[ids]),
+        wave_size=10,
+        on_wave=lambda w: time.sleep(0.05),
+    )
+    done.set()
+    worker.join()
+    assert failures == [] and len(answered) >= 8 and all(answered)
+    final = query(client, queries, k=3).json()["results"]
+    assert {hit["space"] for r in final for hit in r} == {"v2"}
