@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from cli import gallery_commands, setup_commands  # noqa: F401  (they register their commands)
+from cli import gallery_commands, migrate_commands, setup_commands  # noqa: F401  (they register commands)
 from cli.app import app, state
 
 __all__ = ["app", "main"]
