@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint data postgres clean
+.PHONY: demo test lint data test-data postgres clean
 
 demo: $(VENV)/.core data
 	$(BIN)/hotswap demo
 
-test: $(VENV)/.dev data postgres lint
+test: $(VENV)/.dev data test-data postgres lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev
@@ -32,6 +32,10 @@ $(VENV)/.dev: $(VENV)/.core
 # digits bundled with scikit-learn where the package cannot be installed.
 data:
 	@bash scripts/ensure-debian-packages.sh dataset-fashion-mnist
+
+# WordNet 3.0 (synonym -> gloss retrieval for the pretrained text encoders' tests).
+test-data:
+	@bash scripts/ensure-debian-packages.sh wordnet-base
 
 postgres:
 	@bash scripts/ensure-postgres.sh

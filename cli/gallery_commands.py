@@ -79,6 +79,40 @@ def status(
     emit(result, as_json, status_report(result))
 
 
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="Version name, e.g. minilm-v1.")],
+    dim: Annotated[int, typer.Option(min=1, help="Embedding width.")],
+    space: Annotated[
+        bool, typer.Option(help="Also create its embedding space (same name).")
+    ] = True,
+    directory: DataDir = DEFAULT_DIR,
+    database: Database = None,
+    as_json: Json = False,
+) -> None:
+    """Register an external model version: its vectors come precomputed (e.g. from an API)."""
+    from index import galleries, versions
+    from index.context import open_context
+
+    ctx = open_context(directory, database)
+    with ctx.transaction() as session:
+        version = versions.register_external_version(session, name, dim)
+        if space:
+            galleries.create_space(session, version)
+    result = {
+        "name": name,
+        "dim": dim,
+        "encoder": versions.EXTERNAL,
+        "space": name if space else None,
+    }
+    emit(
+        result,
+        as_json,
+        f"registered {name} ({dim}-d, external)\n"
+        f"next: hotswap ingest --dir {directory} --space {name} --vectors V.npy --ids IDS.txt",
+    )
+
+
 @models_app.command("list")
 def models_list(
     directory: DataDir = DEFAULT_DIR, database: Database = None, as_json: Json = False

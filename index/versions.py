@@ -12,7 +12,13 @@ from compat.adapters import Adapter, load_adapter, save_adapter
 from index.catalog import Adapter as AdapterRecord
 from index.catalog import ModelVersion
 from index.context import Context
-from kernels.errors import ConflictError, DirectionError, NotFoundError, did_you_mean
+from kernels.errors import (
+    ConflictError,
+    DirectionError,
+    InvalidInputError,
+    NotFoundError,
+    did_you_mean,
+)
 from models.checkpoint import load_encoder, save_encoder
 from models.encoders import Encoder
 
@@ -35,6 +41,22 @@ def register_version(ctx: Context, session: Session, name: str, encoder: Encoder
     return version
 
 
+EXTERNAL = (
+    "external"  # encoder_key of a version whose vectors come from outside (an API, a pipeline)
+)
+
+
+def register_external_version(session: Session, name: str, dim: int) -> ModelVersion:
+    """A version hotswap cannot run itself: its vectors arrive precomputed (ingest, migrate)."""
+    _refuse_existing(session, ModelVersion, name, "model version")
+    if dim <= 0:
+        raise InvalidInputError(f"dimension must be > 0, got {dim}")
+    version = ModelVersion(name=name, encoder_key=EXTERNAL, config_json="{}", dim=dim)
+    session.add(version)
+    session.flush()
+    return version
+
+
 def get_version(session: Session, name: str) -> ModelVersion:
     version = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
     if version is None:
@@ -44,6 +66,11 @@ def get_version(session: Session, name: str) -> ModelVersion:
 
 
 def load_version_encoder(ctx: Context, version: ModelVersion) -> Encoder:
+    if version.encoder_key == EXTERNAL:
+        raise InvalidInputError(
+            f"model version {version.name!r} is external: hotswap holds no encoder for it",
+            fix="embed with your own pipeline and pass the vectors (ingest --vectors, migrate --vectors)",
+        )
     return load_encoder(ctx.path(f"models/{version.name}.safetensors"), version.weights_sha256)
 
 

@@ -9,7 +9,7 @@ done
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
 if command -v apt-get >/dev/null; then
   echo "installing Debian packages: ${missing[*]}" >&2
-  { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}"; } >/dev/null 2>&1 && exit 0
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null 2>&1 && exit 0
 fi
 echo "warning: could not install ${missing[*]}; hotswap falls back where it can" >&2
 exit 0
