@@ -5,23 +5,38 @@ v1 gallery); a **forward** adapter maps stored old vectors into the new space. A
 wrong direction passes every shape check and destroys retrieval, so the direction is part of the
 config, stored in the artifact and checked wherever an adapter is applied.
 
-Each adapter exports a :class:`ServingForm` (a dense projection plus bias) that ``kernels.project``
-executes, so serving never runs the training-time parametrization.
+Linear adapters export a :class:`ServingForm` (a dense projection plus bias) that ``kernels.project``
+executes, so serving never runs the training-time parametrization. Nonlinear adapters (MLPs) cannot
+be one projection: their ``serving_form()`` is None and they serve through their module.
+:meth:`Adapter.bridge` hides the difference: it returns a callable (N, dim_in) -> (N, dim_out) either
+way, which is what search and backfill should hold.
+
+The registered adapters live in small modules imported at the bottom of this one, so
+``import compat.adapters`` is enough to ``build_adapter`` any key:
+
+- ``orthogonal`` (here), ``orthogonal_monarch`` (compat/monarch_adapter.py): exactly orthogonal maps;
+- ``procrustes``, ``affine`` (compat/closed_form.py): closed-form fits on paired anchors;
+- ``lambda_orthogonal``, ``low_rank_affine`` (compat/linear_adapters.py): gradient-trained linear maps;
+- ``residual_mlp``, ``forward_mlp`` (compat/mlp_adapters.py): nonlinear maps, no serving form.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, cast
+from typing import ClassVar, Literal, cast
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save
 from torch import Tensor, nn
 
 import kernels
-from kernels.errors import CorruptArtifactError, DirectionError
+from compat.solvers import procrustes_map
+from kernels.errors import CorruptArtifactError, DirectionError, InvalidInputError
 from models.checkpoint import atomic_write_bytes, read_safetensors, sha256_file
 from models.config import Config, check
 from models.registry import Registry
@@ -53,12 +68,21 @@ class ServingForm:
         return kernels.project(x, self.weight, self.bias, normalize=self.normalize)
 
 
+Bridge = Callable[[Tensor], Tensor]  # (N, dim_in) -> (N, dim_out), what serving holds
+
+
 class Adapter(nn.Module):
-    """Contract of every registered adapter: widths, direction, config, serving form."""
+    """Contract of every registered adapter: widths, direction, config, serving form.
+
+    Fitting hooks (used by :func:`compat.fitting.fit_adapter`): :meth:`prepare` sees the paired
+    training data once before any gradient step (a data-dependent initialisation, or the whole fit
+    when ``closed_form``); :meth:`training_loss` is what gradient training minimises.
+    """
 
     key: str
     config_class: type[AdapterConfig] = AdapterConfig
     config: AdapterConfig
+    closed_form: ClassVar[bool] = False  # True: prepare() is the whole fit, no gradient training
 
     @property
     def dim_in(self) -> int:
@@ -72,8 +96,44 @@ class Adapter(nn.Module):
     def direction(self) -> Direction:
         return self.config.direction
 
-    def serving_form(self) -> ServingForm:
+    def serving_form(self) -> ServingForm | None:
+        """The dense projection serving runs, or None for a nonlinear adapter."""
         raise NotImplementedError  # each registered adapter defines its own
+
+    # Not named ``apply``: nn.Module.apply(fn) recurses into children, an override would break it.
+    def transform(self, x: Tensor) -> Tensor:
+        """(N, dim_in) -> (N, dim_out) as served: the serving form when there is one, else the module's
+        forward, L2-normalized. Rows are unit for unit inputs (an isometric form skips the normalize).
+        """
+        form = self.serving_form()
+        return _serve_module(self, x) if form is None else form(self._check_input(x))
+
+    def bridge(self) -> Bridge:
+        """A frozen callable for serving: the serving form, or an eval-mode copy of the module.
+
+        Computed once (an orthogonal parametrization costs a matrix exponential per evaluation), so
+        hold on to it rather than calling :meth:`transform` per batch. Later training does not change it.
+        """
+        form = self.serving_form()
+        if form is not None:
+            return form
+        frozen = copy.deepcopy(self).eval().requires_grad_(False)
+        return _ModuleBridge(frozen)
+
+    def prepare(self, x: Tensor, y: Tensor) -> None:
+        """See the paired data (N, dim_in), (N, dim_out) once before training; default: nothing."""
+
+    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean squared L2 distance between mapped sources and targets: (N, dim_in), (N, dim_out)."""
+        return (self(x) - y).pow(2).sum(dim=1).mean()
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim_in:
+            raise InvalidInputError(
+                f"adapter {self.key!r} maps (N, {self.dim_in}) inputs, got shape {tuple(x.shape)}",
+                fix="pass vectors of the adapter's source space, batched as (N, d)",
+            )
+        return x
 
     def expect(self, direction: Direction, dim_in: int, dim_out: int) -> None:
         """Refuse use in another direction or between spaces of other widths."""
@@ -90,6 +150,23 @@ class Adapter(nn.Module):
             )
 
 
+def _serve_module(module: Adapter, x: Tensor) -> Tensor:
+    """A nonlinear adapter as served: forward without autograd, rows L2-normalized, x's dtype."""
+    module._check_input(x)
+    with torch.no_grad():
+        return F.normalize(module(x.float()), dim=1).to(x.dtype)
+
+
+class _ModuleBridge:
+    """Serve a frozen copy of a nonlinear adapter (see :meth:`Adapter.bridge`)."""
+
+    def __init__(self, module: Adapter) -> None:
+        self.module = module
+
+    def __call__(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
+        return _serve_module(self.module, x)
+
+
 ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
 
 
@@ -97,11 +174,13 @@ ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
 class OrthogonalConfig(AdapterConfig):
     parametrization: Literal["matrix_exp", "cayley", "householder"] = "matrix_exp"
     bias: bool = False
+    init: Literal["procrustes", "random"] = "procrustes"  # what prepare() starts post-hoc fits from
 
     def __post_init__(self) -> None:
         super().__post_init__()
         options = ("matrix_exp", "cayley", "householder")
         check(self.parametrization in options, f"parametrization must be one of {options}")
+        check(self.init in ("procrustes", "random"), "init must be procrustes|random")
 
 
 @ADAPTERS.register("orthogonal")
@@ -116,6 +195,7 @@ class OrthogonalAdapter(Adapter):
 
     key = "orthogonal"
     config_class = OrthogonalConfig
+    config: OrthogonalConfig
 
     def __init__(self, config: OrthogonalConfig) -> None:
         super().__init__()
@@ -127,6 +207,19 @@ class OrthogonalAdapter(Adapter):
 
     def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
         return self.linear(x)
+
+    def prepare(self, x: Tensor, y: Tensor) -> None:
+        """Post-hoc fits start from the centred Procrustes rotation (``init="procrustes"``)."""
+        if self.config.init != "procrustes":
+            return
+        mx, my = x.double().mean(dim=0), y.double().mean(dim=0)
+        r = procrustes_map(x.double() - mx, y.double() - my)  # (dim_in, dim_out)
+        linear = cast(nn.Linear, self.linear)
+        with torch.no_grad():
+            # assigning goes through the parametrization's right_inverse: exactly R afterwards
+            linear.weight = r.T.float().contiguous()
+            if linear.bias is not None:
+                linear.bias.copy_(my - mx @ r)
 
     def serving_form(self) -> ServingForm:
         with torch.no_grad():
@@ -144,9 +237,18 @@ def no_decay_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def build_adapter(key: str, config: AdapterConfig | dict) -> Adapter:
+    """The adapter registered as ``key``, from its config, a dict of its fields, or a plain
+    :class:`AdapterConfig` (widths + direction; the key's other fields take their defaults)."""
     cls = ADAPTERS.get(key)
     if isinstance(config, dict):
         config = cls.config_class.from_dict(config)
+    elif type(config) is AdapterConfig and cls.config_class is not AdapterConfig:
+        config = cls.config_class.from_dict(config.to_dict())
+    elif not isinstance(config, cls.config_class):
+        raise InvalidInputError(
+            f"adapter {key!r} takes a {cls.config_class.__name__}, got {type(config).__name__}",
+            fix="pass a dict of its fields or a plain AdapterConfig(dim_in=, dim_out=, direction=)",
+        )
     return cls(config)
 
 
@@ -172,3 +274,7 @@ def load_adapter(path: Path, expected_sha256: str | None = None) -> Adapter:
     except (KeyError, json.JSONDecodeError, RuntimeError) as e:
         raise CorruptArtifactError(f"adapter artifact {path} is not a hotswap adapter: {e}") from e
     return adapter
+
+
+# The other registered adapters; imported last because they subclass Adapter (defined above).
+from compat import closed_form, linear_adapters, mlp_adapters, monarch_adapter  # noqa: E402, F401

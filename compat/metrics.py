@@ -6,10 +6,19 @@ by descending score with ties broken by ascending gallery position, so every met
 
 Two entry points share one core: :func:`score_metrics` ranks a dense score matrix (evaluation of one
 space), :func:`ranking_metrics` scores rankings that came from elsewhere (a mixed-version search).
+Relevance-labelled retrieval (Recall/MRR/nDCG@k) lives in :mod:`compat.relevance_metrics`.
+
+Width rule: embeddings of different widths are never compared silently. Either map one side with
+an explicit adapter, or call :func:`truncate_to_common_width`, whose name says what it does (the
+BT²/OCA evaluations truncate without saying so). :func:`cosine_scores` refuses mismatched widths.
+
+Beyond the cells: the compatibility criterion, gain fraction and tax, backfilling curve area,
+negative flips, and the chain metrics AC/AM of a T-version upgrade sequence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -80,7 +89,8 @@ def cosine_scores(queries: Tensor, gallery: Tensor) -> Tensor:
     if queries.shape[1] != gallery.shape[1]:
         raise InvalidInputError(
             f"query width {queries.shape[1]} != gallery width {gallery.shape[1]}: compare different "
-            "spaces through an explicit adapter"
+            "spaces through an explicit adapter",
+            fix="or, knowingly, truncate_to_common_width(queries, gallery)",
         )
     q = torch.nn.functional.normalize(queries.float(), dim=1)
     g = torch.nn.functional.normalize(gallery.float(), dim=1)
@@ -120,3 +130,84 @@ def curve_area(fractions: Sequence[float], values: Sequence[float]) -> float:
         raise InvalidInputError(f"curve fractions must rise from 0 to 1, got {list(fractions)}")
     pairs = list(zip(fractions, values, strict=True))
     return sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(pairs, pairs[1:], strict=False))
+
+
+def compatibility_tax(unconstrained_new_new: float, new_new: float) -> float:
+    """What the compatibility constraint costs the new model itself: M_new*/new* − M_new/new."""
+    return unconstrained_new_new - new_new
+
+
+def truncate_to_common_width(queries: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
+    """TRUNCATES both sides to their first min(d_q, d_g) dims and RE-NORMALIZES the rows.
+
+    (Q, d_q), (G, d_g) -> (Q, m), (G, m), m = min(d_q, d_g). The BT²/OCA protocol for models of
+    different widths; meaningful only where the narrower model's space is a prefix of the wider
+    one (a compatible model trained that way, or Matryoshka embeddings). Never applied implicitly.
+    """
+    if queries.ndim != 2 or gallery.ndim != 2:
+        raise InvalidInputError(
+            f"expected (Q, d_q) and (G, d_g), got {tuple(queries.shape)} and {tuple(gallery.shape)}"
+        )
+    m = min(queries.shape[1], gallery.shape[1])
+    normalize = torch.nn.functional.normalize
+    return normalize(queries[:, :m].float(), dim=1), normalize(gallery[:, :m].float(), dim=1)
+
+
+def per_query_correct(
+    scores: Tensor,
+    query_labels: Tensor,
+    gallery_labels: Tensor,
+    *,
+    exclude: Tensor | None = None,
+    k: int = 1,
+) -> Tensor:
+    """(Q,) bool: does query q have a same-label item among its k best (ties: lower index first)?
+
+    scores (Q, G); exclude (Q,) gallery position dropped from each ranking (the self-match) or None.
+    """
+    s = scores.to(torch.float32).clone()
+    if exclude is not None:
+        s[torch.arange(len(s)), exclude] = float("-inf")
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]  # (Q, k)
+    return (gallery_labels[order] == query_labels[:, None]).any(dim=1)
+
+
+def negative_flip_rate(correct_before: Tensor, correct_after: Tensor) -> float:
+    """Share of all queries right before the update and wrong after: (Q,) bool each."""
+    if correct_before.shape != correct_after.shape or correct_before.ndim != 1:
+        raise InvalidInputError(
+            f"need two (Q,) per-query correctness vectors, got {tuple(correct_before.shape)} "
+            f"and {tuple(correct_after.shape)}"
+        )
+    if len(correct_before) == 0:
+        raise InvalidInputError("negative flip rate of zero queries is undefined")
+    flips = correct_before.bool() & ~correct_after.bool()
+    return float(flips.sum()) / len(flips)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainScores:
+    """Compatibility of a sequence of T model versions (iamcl2r's AC / AM)."""
+
+    ac: float  # share of strictly-below-diagonal cells (i > j) that beat C[j][j]; ties fail
+    am: float  # mean of the lower triangle, diagonal included
+    versions: int
+
+
+def chain_metrics(matrix: Sequence[Sequence[float]] | Tensor) -> ChainScores:
+    """AC and AM of a chain matrix C (T, T): C[i][j] = metric of version-i queries on version-j gallery.
+
+    AC = 1 − #{i > j : C[i][j] ≤ C[j][j]} / (T(T−1)/2); AM = mean of C[i][j] over j ≤ i. Only the
+    lower triangle is read (the upper one, queries on a newer gallery, may hold anything, NaN too).
+    """
+    c = torch.as_tensor(matrix, dtype=torch.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 2:
+        raise InvalidInputError(f"a chain matrix is (T, T) with T >= 2, got {tuple(c.shape)}")
+    t = c.shape[0]
+    lower = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    if not bool(torch.isfinite(c[lower]).all()):
+        raise InvalidInputError("the chain matrix's lower triangle (j <= i) has NaN or Inf cells")
+    strict = torch.tril(torch.ones(t, t, dtype=torch.bool), diagonal=-1)
+    failures = (c <= c.diagonal()[None, :]) & strict  # C[i][j] <= C[j][j]: compare to column j's
+    ac = 1.0 - float(failures.sum()) / (t * (t - 1) / 2)
+    return ChainScores(ac=ac, am=float(c[lower].mean()), versions=t)

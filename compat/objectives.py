@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compat.adapters import Adapter, OrthogonalConfig, build_adapter
+from compat.adapters import Adapter, AdapterConfig, build_adapter
 from kernels.errors import InvalidInputError
 from models.config import Config, check
 from models.registry import Registry
@@ -105,7 +105,7 @@ class BCT(Objective):
         )
         self.config = config
         self.head = CosineClassifier(config.embed_dim, config.classes, config.scale)
-        adapter_config = OrthogonalConfig(dim_in=config.embed_dim, dim_out=config.old_dim)
+        adapter_config = AdapterConfig(dim_in=config.embed_dim, dim_out=config.old_dim)
         self.adapter: Adapter = build_adapter(config.adapter, adapter_config)
         self.register_buffer("prototypes", F.normalize(prototypes.detach().float(), dim=1))
 

@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from compat.adapters import ADAPTERS, build_adapter, load_adapter, no_decay_parameters, save_adapter
+from compat.adapters import (
+    ADAPTERS,
+    AdapterConfig,
+    OrthogonalConfig,
+    ServingForm,
+    build_adapter,
+    load_adapter,
+    no_decay_parameters,
+    save_adapter,
+)
+from compat.closed_form import ProcrustesConfig
 from kernels.errors import CorruptArtifactError, DirectionError, InvalidInputError, NotFoundError
 
 SHAPES = [(16, 16), (23, 10), (10, 23)]  # square, narrowing, widening; non-powers of 2
@@ -14,16 +24,48 @@ def key(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def perturb(adapter: torch.nn.Module) -> None:
+    """Move every parameter and float buffer off its (often identity or zero) initial value."""
+    with torch.no_grad():
+        for t in [*adapter.parameters(), *adapter.buffers()]:
+            if t.is_floating_point():
+                t.add_(0.1 * torch.randn_like(t))
+
+
 @pytest.mark.parametrize(("dim_in", "dim_out"), SHAPES)
 def test_serving_form_equals_forward(key: str, dim_in: int, dim_out: int) -> None:
+    """A linear adapter's serving form, or a nonlinear one's module bridge, is its forward."""
     torch.manual_seed(0)
     adapter = build_adapter(key, {"dim_in": dim_in, "dim_out": dim_out})
+    perturb(adapter)
     x = torch.nn.functional.normalize(torch.randn(29, dim_in), dim=1)
-    served = adapter.serving_form()(x)
-    expected = adapter(x)
-    if adapter.serving_form().normalize:
+    form = adapter.serving_form()
+    expected = adapter(x).detach()
+    if form is None or form.normalize:  # nonlinear adapters always serve normalized rows
         expected = torch.nn.functional.normalize(expected, dim=1)
-    torch.testing.assert_close(served, expected.detach(), rtol=1e-5, atol=1e-5)
+    if form is not None:
+        torch.testing.assert_close(form(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adapter.transform(x), expected, rtol=1e-5, atol=1e-5)
+    bridge = adapter.bridge()
+    assert isinstance(bridge, ServingForm) == (form is not None)
+    torch.testing.assert_close(bridge(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bridge_is_a_frozen_snapshot(key: str) -> None:
+    torch.manual_seed(4)
+    adapter = build_adapter(key, {"dim_in": 12, "dim_out": 9})
+    x = torch.randn(5, 12)
+    bridge = adapter.bridge()
+    before = bridge(x)
+    perturb(adapter)  # later training must not change what serving already holds
+    torch.testing.assert_close(bridge(x), before)
+    assert not before.requires_grad
+
+
+def test_transform_refuses_the_wrong_width(key: str) -> None:
+    adapter = build_adapter(key, {"dim_in": 12, "dim_out": 9})
+    with pytest.raises(InvalidInputError, match=r"\(N, 12\) inputs"):
+        adapter.transform(torch.randn(5, 9))
 
 
 @pytest.mark.parametrize(("dim_in", "dim_out"), SHAPES)
@@ -33,6 +75,9 @@ def test_save_load_round_trip(key: str, dim_in: int, dim_out: int, tmp_path) -> 
     digest = save_adapter(adapter, tmp_path / "a.safetensors")
     loaded = load_adapter(tmp_path / "a.safetensors", digest)
     assert loaded.direction == "forward" and loaded.config == adapter.config
+    perturb(adapter)  # a round trip of the initial values alone would prove little
+    digest = save_adapter(adapter, tmp_path / "b.safetensors")
+    loaded = load_adapter(tmp_path / "b.safetensors", digest)
     x = torch.randn(7, dim_in)
     torch.testing.assert_close(loaded(x), adapter(x))
 
@@ -59,6 +104,27 @@ def test_orthogonal_widening_preserves_inner_products() -> None:
             (adapter(x) * adapter(y)).sum(1), (x * y).sum(1), atol=1e-5, rtol=1e-5
         )
     assert not adapter.serving_form().normalize  # isometric: the normalize epilogue is skipped
+
+
+@pytest.mark.parametrize("parametrization", ["matrix_exp", "cayley", "householder"])
+@pytest.mark.parametrize(("dim_in", "dim_out"), SHAPES)
+def test_every_orthogonal_parametrization_is_orthogonal(
+    parametrization: str, dim_in: int, dim_out: int
+) -> None:
+    torch.manual_seed(5)
+    config = {"dim_in": dim_in, "dim_out": dim_out, "parametrization": parametrization}
+    adapter = build_adapter("orthogonal", config)
+    # Train a little (householder's free matrix keeps ±1 signs on its diagonal: random noise there
+    # is not a state training can reach, so move it the way training does).
+    opt = torch.optim.Adam(adapter.parameters(), lr=0.1)
+    x, target = torch.randn(32, dim_in), torch.randn(32, dim_out)
+    for _ in range(10):
+        opt.zero_grad()
+        ((adapter(x) - target) ** 2).mean().backward()
+        opt.step()
+    w = adapter.serving_form().weight  # (dim_in, dim_out)
+    gram = w.T @ w if dim_in >= dim_out else w @ w.T  # on the smaller side
+    torch.testing.assert_close(gram, torch.eye(min(dim_in, dim_out)), atol=1e-5, rtol=0)
 
 
 def test_orthogonality_survives_training_without_decay_on_its_parameters() -> None:
@@ -93,3 +159,12 @@ def test_bad_configs_are_clear_errors() -> None:
         build_adapter("orthogonal", {"dims": 8})
     with pytest.raises(InvalidInputError, match="direction"):
         build_adapter("orthogonal", {"dim_in": 8, "dim_out": 4, "direction": "sideways"})
+
+
+def test_any_key_builds_from_a_plain_adapter_config(key: str) -> None:
+    adapter = build_adapter(key, AdapterConfig(dim_in=6, dim_out=5, direction="forward"))
+    assert isinstance(adapter.config, ADAPTERS.get(key).config_class)
+    assert (adapter.dim_in, adapter.dim_out, adapter.direction) == (6, 5, "forward")
+    foreign = ProcrustesConfig if key != "procrustes" else OrthogonalConfig
+    with pytest.raises(InvalidInputError, match=f"adapter '{key}' takes a"):
+        build_adapter(key, foreign(dim_in=6, dim_out=5))

@@ -1,0 +1,263 @@
+"""Post-hoc fitting: an adapter between two frozen encoders, from paired embeddings of the same items.
+
+:func:`fit_adapter` fits one registered adapter (closed form for ``procrustes``/``affine``, AdamW
+otherwise, never decaying orthogonal parametrizations) and scores it on the pairs it saw and,
+optionally, on held-out pairs. :func:`select_adapter` fits every candidate on one split and keeps
+the best by held-out paired retrieval: the anchor and held-out counts travel with the result,
+because a choice made on 200 anchors says less than one made on 20,000.
+
+Scores are measured through ``Adapter.transform`` (the serving path), never the training forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from compat.adapters import ADAPTERS, Adapter, Direction, build_adapter, no_decay_parameters
+from compat.vectors import check_vectors
+from kernels.errors import InvalidInputError
+from models.config import Config, check
+
+Criterion = Literal["recall@10", "cosine"]
+# Simplest first: a tie on the criterion goes to the earlier (fewer assumptions, fewer parameters).
+DEFAULT_CANDIDATES = (
+    "procrustes",
+    "orthogonal",
+    "orthogonal_monarch",
+    "affine",
+    "lambda_orthogonal",
+    "low_rank_affine",
+    "residual_mlp",
+    "forward_mlp",
+)
+_SET_BY_DATA = ("dim_in", "dim_out", "direction")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FitOptions(Config):
+    """Gradient training of the non-closed-form adapters (closed-form ones ignore all but normalize)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    # L2-normalize both sides first (held-out pairs too): the spaces are compared by cosine, and
+    # stored/query vectors are unit rows, so the fit sees what serving will feed the adapter.
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1 and self.batch_size >= 1, f"epochs, batch_size must be >= 1: {self}")
+        check(self.lr > 0 and self.weight_decay >= 0, f"lr must be > 0, weight_decay >= 0: {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairScores:
+    """How well an adapter maps x_i onto its own y_i over n pairs."""
+
+    cosine: float  # mean cos(transform(x_i), y_i)
+    recall_at_10: float  # share of i with y_i among the 10 nearest y_j of transform(x_i), ties fail
+    n: int
+
+    def get(self, criterion: Criterion) -> float:
+        return self.recall_at_10 if criterion == "recall@10" else self.cosine
+
+
+@dataclasses.dataclass(frozen=True)
+class FitReport:
+    key: str
+    adapter: Adapter
+    train: PairScores
+    held_out: PairScores | None
+    losses: list[float]  # mean training loss per epoch; empty for closed-form fits
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The chosen adapter and the evidence: every candidate's report, from one split."""
+
+    key: str
+    adapter: Adapter  # refit on all pairs when select_adapter(refit=True)
+    criterion: Criterion
+    anchors: int  # training pairs of the split
+    held_out: int  # held-out pairs the choice was made on
+    reports: dict[str, FitReport]
+
+
+def pair_scores(adapter: Adapter, x: Tensor, y: Tensor, *, chunk: int = 1024) -> PairScores:
+    """Paired cosine and recall@10 of ``adapter.transform(x)`` against the gallery ``y``: (N, ·) each."""
+    mapped = F.normalize(adapter.transform(x).float(), dim=1)  # (N, dim_out)
+    target = F.normalize(y.float(), dim=1)
+    cosine = (mapped * target).sum(dim=1)  # (N,)
+    hits = 0
+    for start in range(0, len(x), chunk):
+        rows = torch.arange(start, min(start + chunk, len(x)))
+        scores = mapped[rows] @ target.T  # (c, N)
+        own = scores[torch.arange(len(rows)), rows][:, None]  # the true pair's score, same rounding
+        # Ties fail: an item scoring exactly as the true pair counts as ranked above it.
+        above = (scores >= own).sum(dim=1) - 1
+        hits += int((above < 10).sum())
+    return PairScores(float(cosine.mean()), hits / len(x), len(x))
+
+
+def _pairs(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    x = check_vectors(x, None, "x_source")
+    y = check_vectors(y, None, "y_target")
+    if len(x) != len(y):
+        raise InvalidInputError(
+            f"x_source has {len(x)} rows but y_target has {len(y)}: pairs must align row by row"
+        )
+    if len(x) < 2:
+        raise InvalidInputError(f"fitting needs at least 2 pairs, got {len(x)}")
+    return x, y
+
+
+def _config(
+    key: str, x: Tensor, y: Tensor, direction: Direction, overrides: dict[str, Any]
+) -> dict:
+    clash = sorted(set(overrides) & set(_SET_BY_DATA))
+    if clash:
+        raise InvalidInputError(
+            f"config overrides for {key!r} set {clash}, which come from the data and direction",
+            fix="drop them from the overrides; pass direction= to the fitting function",
+        )
+    return {"dim_in": x.shape[1], "dim_out": y.shape[1], "direction": direction, **overrides}
+
+
+def fit_adapter(
+    key: str,
+    x_source: Tensor,
+    y_target: Tensor,
+    *,
+    direction: Direction,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    options: FitOptions | None = None,
+    held_out: tuple[Tensor, Tensor] | None = None,
+) -> FitReport:
+    """Fit adapter ``key`` on pairs (x_source (N, d_in), y_target (N, d_out)); deterministic per seed.
+
+    ``direction`` is recorded, not inferred: backward when x are new-model vectors mapped into the
+    old space, forward when x are old vectors mapped into the new one. ``config`` overrides the
+    adapter's config fields (not widths or direction). ``held_out`` pairs are scored, never fitted.
+    """
+    options = options or FitOptions()
+    x, y = _pairs(x_source, y_target)
+    if options.normalize:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = build_adapter(key, _config(key, x, y, direction, config or {}))
+        adapter.prepare(x, y)
+        losses = [] if adapter.closed_form else _train(adapter, x, y, options, seed)
+    adapter.eval()
+    held = None
+    if held_out is not None:
+        hx, hy = _pairs(*held_out)
+        if options.normalize:
+            hx, hy = F.normalize(hx, dim=1), F.normalize(hy, dim=1)
+        held = pair_scores(adapter, hx, hy)
+    return FitReport(key, adapter, pair_scores(adapter, x, y), held, losses)
+
+
+def _train(adapter: Adapter, x: Tensor, y: Tensor, options: FitOptions, seed: int) -> list[float]:
+    """AdamW + cosine decay on ``adapter.training_loss``; mean loss per epoch."""
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    if not params:
+        return []
+    exempt = {id(p) for p in no_decay_parameters(adapter)}
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in params if id(p) not in exempt]},
+        {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay)
+    steps = math.ceil(len(x) / options.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=options.epochs * steps)
+    generator = torch.Generator().manual_seed(seed)
+    adapter.train()
+    losses = []
+    for _ in range(options.epochs):
+        order, total = torch.randperm(len(x), generator=generator), 0.0
+        for batch in order.split(options.batch_size):
+            loss = adapter.training_loss(x[batch], y[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            total += loss.item() * len(batch)
+        losses.append(total / len(x))
+    return losses
+
+
+def select_adapter(
+    x: Tensor,
+    y: Tensor,
+    keys: Sequence[str] | None = None,
+    *,
+    holdout: float = 0.2,
+    seed: int = 0,
+    direction: Direction,
+    criterion: Criterion = "recall@10",
+    configs: dict[str, dict[str, Any]] | None = None,
+    options: FitOptions | None = None,
+    refit: bool = True,
+) -> Selection:
+    """Fit each candidate on one seeded split of the pairs and keep the best on the held-out part.
+
+    Best = highest held-out ``criterion``; then the other score; then the earlier key (the default
+    order runs simplest first). With ``refit`` the winner is fitted again on all pairs.
+    """
+    if not 0.0 < holdout < 1.0:
+        raise InvalidInputError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    x, y = _pairs(x, y)
+    candidates = list(keys) if keys is not None else _default_keys()
+    if not candidates or len(set(candidates)) != len(candidates):
+        raise InvalidInputError(f"select_adapter needs distinct candidate keys, got {candidates}")
+    if criterion not in ("recall@10", "cosine"):
+        raise InvalidInputError(f"criterion must be 'recall@10' or 'cosine', got {criterion!r}")
+    n_held = round(len(x) * holdout)
+    if not 2 <= n_held <= len(x) - 2:
+        raise InvalidInputError(f"{len(x)} pairs cannot be split {holdout:.0%} held out")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    held, train = order[:n_held], order[n_held:]
+    configs = configs or {}
+    reports = {
+        key: fit_adapter(
+            key,
+            x[train],
+            y[train],
+            direction=direction,
+            config=configs.get(key),
+            seed=seed,
+            options=options,
+            held_out=(x[held], y[held]),
+        )
+        for key in candidates
+    }
+    other: Criterion = "cosine" if criterion == "recall@10" else "recall@10"
+
+    def rank(i: int) -> tuple[float, float, int]:
+        scores = reports[candidates[i]].held_out
+        assert scores is not None  # every candidate above was scored on the held-out pairs
+        return (round(scores.get(criterion), 6), round(scores.get(other), 6), -i)
+
+    best = candidates[max(range(len(candidates)), key=rank)]
+    adapter = reports[best].adapter
+    if refit:
+        adapter = fit_adapter(
+            best, x, y, direction=direction, config=configs.get(best), seed=seed, options=options
+        ).adapter
+    return Selection(best, adapter, criterion, len(train), n_held, reports)
+
+
+def _default_keys() -> list[str]:
+    registered = ADAPTERS.keys()
+    return [k for k in DEFAULT_CANDIDATES if k in registered] + [
+        k for k in registered if k not in DEFAULT_CANDIDATES
+    ]

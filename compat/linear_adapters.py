@@ -1,0 +1,155 @@
+"""Gradient-trained linear adapters: λ-orthogonal affine and low-rank affine (Drift-Adapter).
+
+Both are one projection plus bias once trained, so both serve through ``kernels.project``. Both can
+start from the closed-form Procrustes fit (``init="procrustes"``, the default): a few epochs then
+refine the best rotation instead of first having to find it from noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
+from compat.solvers import procrustes_map
+from models.config import check
+
+Init = Literal["procrustes", "identity"]
+LAMBDA_AT_512 = 12.0  # λ-orth's tolerance for 512-d maps; scaled ∝ √d for other widths
+
+
+def _procrustes_init(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(R (dim_in, dim_out), b (dim_out,)) with y ≈ xR + b: the centred Procrustes fit."""
+    mx, my = x.double().mean(dim=0), y.double().mean(dim=0)
+    r = procrustes_map(x.double() - mx, y.double() - my)
+    return r.float(), (my - mx @ r).float()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LambdaOrthogonalConfig(AdapterConfig):
+    lam: float | None = None  # None: 12·√(m/512), m = min(dim_in, dim_out), the Gram's size
+    alpha: float = 10.0  # sharpness of the gate σ(α(‖WWᵀ−I‖_F − λ)); ours, not from the paper
+    init: Init = "procrustes"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.lam is None or self.lam >= 0, f"lam must be >= 0, got {self.lam}")
+        check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+        check(self.init in ("procrustes", "identity"), "init must be procrustes|identity")
+
+    @property
+    def tolerance(self) -> float:
+        """λ in effect: the configured one, or 12 at 512-d scaled by √(m/512)."""
+        if self.lam is not None:
+            return self.lam
+        return LAMBDA_AT_512 * math.sqrt(min(self.dim_in, self.dim_out) / 512)
+
+
+def orthogonality_gap(weight: Tensor) -> Tensor:
+    """‖WWᵀ − I‖_F on the smaller side of W (dim_out, dim_in): 0 iff rows or columns are orthonormal."""
+    w = weight if weight.shape[0] <= weight.shape[1] else weight.T  # (m, M), m <= M
+    gram = w @ w.T  # (m, m)
+    return torch.linalg.matrix_norm(gram - torch.eye(len(gram), dtype=gram.dtype))
+
+
+@ADAPTERS.register("lambda_orthogonal")
+class LambdaOrthogonalAdapter(Adapter):
+    """λ-orthogonal affine map B(h) = W h + b: free, pulled towards orthogonality only past λ.
+
+    Loss: ‖B(h_src) − h_tgt‖² + σ(α(‖WWᵀ−I‖_F − λ))·‖WWᵀ−I‖_F. The gate leaves W free while it is
+    within λ of orthogonal (so it can fix what a rotation cannot) and switches the penalty on
+    beyond; λ = 0 asks for (nearly) orthogonal, a huge λ gives a plain affine fit.
+    """
+
+    key = "lambda_orthogonal"
+    config_class = LambdaOrthogonalConfig
+    config: LambdaOrthogonalConfig
+
+    def __init__(self, config: LambdaOrthogonalConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.linear = nn.Linear(config.dim_in, config.dim_out)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(config.dim_out, config.dim_in))
+            self.linear.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
+        return self.linear(x)
+
+    def penalty(self) -> Tensor:
+        gap = orthogonality_gap(self.linear.weight)
+        gate = torch.sigmoid(self.config.alpha * (gap - self.config.tolerance))
+        return gate * gap
+
+    def prepare(self, x: Tensor, y: Tensor) -> None:
+        if self.config.init == "procrustes":
+            r, b = _procrustes_init(x, y)
+            with torch.no_grad():
+                self.linear.weight.copy_(r.T)  # nn.Linear stores (dim_out, dim_in)
+                self.linear.bias.copy_(b)
+
+    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        return super().training_loss(x, y) + self.penalty()
+
+    def serving_form(self) -> ServingForm:
+        weight = self.linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
+        return ServingForm(weight=weight, bias=self.linear.bias.detach().clone(), normalize=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LowRankAffineConfig(AdapterConfig):
+    rank: int = 64  # capped at min(dim_in, dim_out)
+    init: Init = "procrustes"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.rank >= 1, f"rank must be >= 1, got {self.rank}")
+        check(self.init in ("procrustes", "identity"), "init must be procrustes|identity")
+
+
+@ADAPTERS.register("low_rank_affine")
+class LowRankAffineAdapter(Adapter):
+    """y = x(W₀ + ABᵀ) + b: a fixed base W₀ plus a trained rank-r correction (Drift-Adapter).
+
+    W₀ is the (rectangular) identity, or with ``init="procrustes"`` the closed-form rotation set by
+    :meth:`prepare`; identity only makes sense between spaces whose coordinates correspond (a
+    fine-tuned successor), not between unrelated encoders. B starts at zero, so training starts at
+    W₀ exactly.
+    """
+
+    key = "low_rank_affine"
+    config_class = LowRankAffineConfig
+    config: LowRankAffineConfig
+    base: Tensor  # (dim_in, dim_out), a buffer: saved, never trained
+
+    def __init__(self, config: LowRankAffineConfig) -> None:
+        super().__init__()
+        self.config = config
+        rank = min(config.rank, config.dim_in, config.dim_out)
+        self.register_buffer("base", torch.eye(config.dim_in, config.dim_out))
+        self.a = nn.Parameter(torch.randn(config.dim_in, rank) / math.sqrt(config.dim_in))
+        self.b = nn.Parameter(torch.zeros(config.dim_out, rank))
+        self.bias = nn.Parameter(torch.zeros(config.dim_out))
+
+    def weight(self) -> Tensor:
+        return self.base + self.a @ self.b.T  # (dim_in, r) @ (r, dim_out) -> (dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
+        # x(W₀ + ABᵀ) = xW₀ + (xA)Bᵀ: never forms the dense correction while training
+        return x @ self.base + (x @ self.a) @ self.b.T + self.bias
+
+    def prepare(self, x: Tensor, y: Tensor) -> None:
+        if self.config.init == "procrustes":
+            r, b = _procrustes_init(x, y)
+            with torch.no_grad():
+                self.base.copy_(r)
+                self.bias.copy_(b)
+
+    def serving_form(self) -> ServingForm:
+        with torch.no_grad():
+            weight = self.weight().contiguous()
+        return ServingForm(weight=weight, bias=self.bias.detach().clone(), normalize=True)

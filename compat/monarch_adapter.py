@@ -1,0 +1,117 @@
+"""An exactly orthogonal Monarch adapter: ~2·n·√n parameters instead of a dense n×n rotation.
+
+Q = P₂ · blockdiag(B₂) · P₁ · blockdiag(B₁) in the layout of :func:`models.layers.monarch_multiply`:
+nb orthogonal (bs, bs) blocks, a stride permutation, bs orthogonal (nb, nb) blocks, a permutation
+back (n = nb·bs). Permutations and block-diagonal orthogonal matrices are orthogonal, so Q is, to
+rounding, whatever the training does: each stack of blocks is one batched
+``torch.nn.utils.parametrizations.orthogonal`` weight.
+
+Rectangular maps act in n = max(dim_in, dim_out) dims: a narrower input is zero-padded (an
+isometric embedding), a narrower output keeps the first dim_out coordinates of Q's output (an
+orthogonal projection). The served matrix therefore has orthonormal rows (widening) or columns
+(narrowing), exactly like the dense ``orthogonal`` adapter. That needs nblocks to divide n.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
+from models.config import check
+from models.layers import monarch_multiply
+
+
+def default_nblocks(n: int) -> int:
+    """The largest divisor of n that is <= √n (Monarch's natural block count; 1 for a prime n)."""
+    return max(b for b in range(1, math.isqrt(n) + 1) if n % b == 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OrthogonalMonarchConfig(AdapterConfig):
+    nblocks: int | None = None  # None: default_nblocks(max(dim_in, dim_out))
+    parametrization: Literal["matrix_exp", "cayley"] = "matrix_exp"
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            self.parametrization in ("matrix_exp", "cayley"), "parametrization: matrix_exp|cayley"
+        )
+        n = self.width
+        if self.nblocks is not None:
+            divisors = [b for b in range(1, n + 1) if n % b == 0]
+            check(
+                self.nblocks >= 1 and n % self.nblocks == 0,
+                f"nblocks={self.nblocks} must divide max(dim_in, dim_out)={n} for an exactly "
+                f"orthogonal map; choose one of {divisors} (or None for {default_nblocks(n)})",
+            )
+
+    @property
+    def width(self) -> int:
+        return max(self.dim_in, self.dim_out)
+
+    @property
+    def blocks(self) -> int:
+        return self.nblocks if self.nblocks is not None else default_nblocks(self.width)
+
+
+class _Blocks(nn.Module):
+    """A stack of square blocks (count, size, size) for the orthogonal parametrization to own."""
+
+    def __init__(self, count: int, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(count, size, size))
+
+
+@ADAPTERS.register("orthogonal_monarch")
+class OrthogonalMonarchAdapter(Adapter):
+    """Exactly orthogonal structured map (Monarch factors with orthogonal blocks).
+
+    Train without weight decay on its parameters (see ``no_decay_parameters``).
+    """
+
+    key = "orthogonal_monarch"
+    config_class = OrthogonalMonarchConfig
+    config: OrthogonalMonarchConfig
+
+    def __init__(self, config: OrthogonalMonarchConfig) -> None:
+        super().__init__()
+        self.config = config
+        nb = config.blocks
+        bs = config.width // nb
+        orth = nn.utils.parametrizations.orthogonal
+        self.factor1 = orth(_Blocks(nb, bs), orthogonal_map=config.parametrization)
+        self.factor2 = orth(_Blocks(bs, nb), orthogonal_map=config.parametrization)
+        self.bias = nn.Parameter(torch.zeros(config.dim_out)) if config.bias else None
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return cast(Tensor, self.factor1.weight).dtype
+
+    def _rotate(self, x: Tensor) -> Tensor:  # (N, n) -> (N, n), x @ Q
+        w1 = cast(Tensor, self.factor1.weight)  # (nb, bs, bs), computed on access
+        w2 = cast(Tensor, self.factor2.weight)  # (bs, nb, nb)
+        return monarch_multiply(x, w1, w2)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
+        x = F.pad(x, (0, self.config.width - self.dim_in))  # zero-pad to n: isometric
+        y = self._rotate(x)[:, : self.dim_out]
+        return y if self.bias is None else y + self.bias
+
+    def dense(self) -> Tensor:
+        """Q (n, n) with x @ Q == the rotation: the factors applied to the identity's rows."""
+        n = self.config.width
+        return self._rotate(torch.eye(n, dtype=self._dtype))
+
+    def serving_form(self) -> ServingForm:
+        with torch.no_grad():
+            weight = self.dense()[: self.dim_in, : self.dim_out].contiguous()  # (dim_in, dim_out)
+            bias = None if self.bias is None else self.bias.detach().clone()
+        isometric = self.dim_out >= self.dim_in and bias is None
+        return ServingForm(weight=weight, bias=bias, normalize=not isometric)
