@@ -150,3 +150,48 @@ def serve(
     api = create_app(open_context(directory, database), token=token)
     typer.echo(f"serving {directory} on http://{host}:{port} (docs: /docs)", err=True)
     uvicorn.run(api, host=host, port=port, log_level="warning")
+
+
+@app.command(rich_help_panel="Set up")
+def fit(
+    source: Annotated[str, typer.Option("--from", help="Version whose vectors the adapter maps.")],
+    target: Annotated[str, typer.Option("--to", help="Version whose space they are mapped into.")],
+    source_vectors: Annotated[
+        Path, typer.Option(help="Anchors embedded by --from, .npy (N, d_from).")
+    ],
+    target_vectors: Annotated[
+        Path, typer.Option(help="The same anchors embedded by --to, .npy (N, d_to).")
+    ],
+    adapter: Annotated[
+        str | None, typer.Option(help="Adapter key; default: best on held-out pairs.")
+    ] = None,
+    direction: Annotated[
+        str, typer.Option(help="backward (queries new->old) or forward (gallery old->new).")
+    ] = "backward",
+    name: Annotated[str | None, typer.Option(help="Adapter name (default FROM-to-TO).")] = None,
+    directory: DataDir = DEFAULT_DIR,
+    database: Database = None,
+    as_json: Json = False,
+) -> None:
+    """Fit a post-hoc adapter from paired anchor vectors and register it with its held-out scores."""
+    from index.context import open_context
+    from index.versions import fit_and_register
+    from models.vector_files import load_vectors
+
+    ctx = open_context(directory, database)
+    result = fit_and_register(
+        ctx,
+        source,
+        target,
+        load_vectors(source_vectors),
+        load_vectors(target_vectors),
+        key=adapter,
+        direction=direction,
+        name=name,
+    )
+    emit(
+        result,
+        as_json,
+        f"registered adapter {result['name']} ({result['kind']}, {result['direction']}, "
+        f"{result['pairs']} pairs)\nnext: hotswap query --dir {directory} --version {source} --vectors Q.npy",
+    )

@@ -145,3 +145,60 @@ def query_adapter(
 def _refuse_existing(session: Session, table: Any, name: str, what: str) -> None:
     if session.scalar(select(table).where(table.name == name)) is not None:
         raise ConflictError(f"{what} {name!r} already exists", fix="choose another name")
+
+
+def fit_and_register(
+    ctx: Context,
+    source: str,
+    target: str,
+    source_vectors: Any,
+    target_vectors: Any,
+    *,
+    key: str | None = None,
+    direction: str = "backward",
+    name: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit an adapter on paired vectors (row i = the same item embedded by ``source`` and by
+    ``target``) and record it with its held-out scores. ``key=None`` selects the best registered
+    adapter on a held-out 20% of the pairs."""
+    import torch
+
+    from compat.fitting import fit_adapter, select_adapter
+    from compat.vectors import check_vectors
+
+    with ctx.transaction() as session:
+        src, dst = get_version(session, source), get_version(session, target)
+        x = check_vectors(torch.as_tensor(source_vectors), src.dim, f"{source} anchor vectors")
+        y = check_vectors(torch.as_tensor(target_vectors), dst.dim, f"{target} anchor vectors")
+        if key is None:
+            chosen = select_adapter(x, y, direction=direction, seed=seed)  # type: ignore[arg-type]
+            adapter, metrics = chosen.adapter, _selection_metrics(chosen)
+        else:
+            report = fit_adapter(key, x, y, direction=direction, seed=seed)  # type: ignore[arg-type]
+            adapter, metrics = report.adapter, {"train_cosine": report.train.cosine}
+        record = register_adapter(ctx, session, adapter, src, dst, name=name, metrics=metrics)
+        record.fit_size = len(x)
+        return {
+            "name": record.name,
+            "kind": adapter.key,
+            "direction": adapter.direction,
+            "source": source,
+            "target": target,
+            "pairs": len(x),
+            "metrics": metrics,
+        }
+
+
+def _selection_metrics(selection: Any) -> dict[str, Any]:
+    scores = {
+        key: {"cosine": r.held_out.cosine, "recall@10": r.held_out.recall_at_10}
+        for key, r in selection.reports.items()
+        if r.held_out is not None
+    }
+    return {
+        "criterion": selection.criterion,
+        "anchors": selection.anchors,
+        "held_out_pairs": selection.held_out,
+        "held_out": scores,
+    }

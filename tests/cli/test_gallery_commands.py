@@ -107,3 +107,54 @@ def test_bad_files_are_refused(deployment, vectors, ids, message) -> None:
     assert result.exit_code != 0 and message in str(result.exception)
     s = json.loads(invoke("status", "--dir", str(data), "--json").stdout)
     assert s["spaces"][0]["vectors"] == 0  # nothing was ingested
+
+
+def test_fit_selects_registers_and_serves_an_adapter(tmp_path) -> None:
+    """v3 is a rotated, widened copy of v1: the fitted bridge must send v3 queries to v1's items."""
+    data = tmp_path / "data"
+    invoke("init", "--dir", str(data))
+    invoke("models", "add", "a", "--dim", "8", "--dir", str(data))
+    invoke("models", "add", "b", "--dim", "12", "--dir", str(data), "--no-space")
+    rng = np.random.default_rng(0)
+    old = unit_vectors(400, 8, seed=3)
+    rotation = np.linalg.qr(rng.normal(size=(12, 12)))[0][:8]  # (8, 12) orthonormal rows
+    np.save(tmp_path / "a.npy", old)
+    np.save(tmp_path / "b.npy", (old @ rotation).astype(np.float32))
+    out = json.loads(
+        invoke(
+            "fit",
+            "--from",
+            "b",
+            "--to",
+            "a",
+            "--source-vectors",
+            str(tmp_path / "b.npy"),
+            "--target-vectors",
+            str(tmp_path / "a.npy"),
+            "--dir",
+            str(data),
+            "--json",
+        ).stdout
+    )
+    assert out["direction"] == "backward" and out["pairs"] == 400
+    assert max(s["recall@10"] for s in out["metrics"]["held_out"].values()) > 0.95
+    (tmp_path / "ids.txt").write_text("\n".join(f"doc-{i}" for i in range(400)))
+    invoke(
+        "ingest",
+        "--dir",
+        str(data),
+        "--space",
+        "a",
+        "--vectors",
+        str(tmp_path / "a.npy"),
+        "--ids",
+        str(tmp_path / "ids.txt"),
+    )
+    np.save(tmp_path / "q.npy", (old[:5] @ rotation).astype(np.float32))
+    hits = [
+        json.loads(line)["hits"][0]["id"]
+        for line in invoke(
+            "query", "--dir", str(data), "--version", "b", "--vectors", str(tmp_path / "q.npy")
+        ).stdout.splitlines()
+    ]
+    assert hits == [f"doc-{i}" for i in range(5)]
