@@ -3,10 +3,29 @@
 Every objective is a module that owns its trainable extras (classifier head, adapter) and its
 frozen references (the old model's class prototypes), so ``train`` works with any registered
 encoder, structured ones included.
+
+One contract says how a trained (encoder, objective) pair is served:
+
+- :meth:`Objective.embedding` maps encoder features to the **new-space** vectors (identity for most;
+  BT²'s [b; e], OCA's orthogonal layer, d-Simplex's junction);
+- :meth:`Objective.bridge_module` maps encoder features to **old-space** vectors (BCT's and RACT's
+  backward adapter, BT²'s compatible block b, OCA's first d_old dims), or None when the new-space
+  vectors are themselves comparable with the old gallery (same width, trained into the same space);
+- :func:`new_space_model` / :func:`old_space_model` wrap a frozen copy of encoder + that module, ready
+  for :func:`models.encoders.embed`. Blocks are cut by an explicit :class:`Slice`, never by silent
+  truncation at comparison time.
+
+Objectives whose loss needs frozen reference features of the same inputs (the old model's, a
+teacher's: BT², d-Simplex's HOC, RACT) list them in :meth:`Objective.reference_dims`; train them on
+``compat.references.WithReferences(encoder, refs)``, which appends those features to the encoder's.
+
+Registered keys: ``classification``, ``bct`` (here), ``bt2`` (compat/bt2.py), ``oca`` (compat/oca.py),
+``simplex`` (compat/simplex.py), ``ract`` (compat/ract.py).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Literal
 
@@ -44,15 +63,69 @@ class ObjectiveConfig(Config):
         check(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
 
 
+class Slice(nn.Module):
+    """(N, d) -> (N, stop - start): an explicit block of the features (BT²'s b, OCA's first d_old)."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, self.start : self.stop]
+
+
 class Objective(nn.Module):
     key: str
-    head: CosineClassifier
+    head: nn.Module
 
     def loss(self, features: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError  # each registered objective defines its own
 
+    def embedding(self) -> nn.Module:
+        """Encoder features (N, embed_dim) -> new-space vectors; identity unless overridden."""
+        return nn.Identity()
+
+    def bridge_module(self) -> nn.Module | None:
+        """Encoder features -> old-space vectors, or None: the new-space vectors are comparable."""
+        return None
+
+    def reference_dims(self) -> tuple[int, ...]:
+        """Widths of the frozen reference features appended to the encoder's (see module doc)."""
+        return ()
+
+    def split(self, features: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(N, embed_dim + sum(reference_dims)) -> own (N, embed_dim), [reference (N, d_r), ...]."""
+        widths = self.reference_dims()
+        own = features.shape[1] - sum(widths)
+        if own <= 0:
+            raise InvalidInputError(
+                f"objective {self.key!r} needs reference features of widths {widths} appended "
+                f"to the encoder's; got width {features.shape[1]}",
+                fix="train compat.references.WithReferences(encoder, references)",
+            )
+        own_features, *refs = features.split([own, *widths], dim=1)
+        return own_features, list(refs)
+
     def _ce(self, logits: Tensor, labels: Tensor, smoothing: float) -> Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+
+def _frozen(encoder: nn.Module, module: nn.Module) -> nn.Module:
+    return copy.deepcopy(nn.Sequential(encoder, module)).eval().requires_grad_(False)
+
+
+def new_space_model(encoder: nn.Module, objective: Objective) -> nn.Module:
+    """A frozen copy of encoder + ``objective.embedding()``: inputs -> new-space vectors."""
+    return _frozen(encoder, objective.embedding())
+
+
+def old_space_model(encoder: nn.Module, objective: Objective) -> nn.Module:
+    """A frozen copy of encoder + ``objective.bridge_module()``: inputs -> old-space vectors.
+
+    Where the objective has no bridge (its new space is the old one), the new-space model.
+    """
+    bridge = objective.bridge_module()
+    return new_space_model(encoder, objective) if bridge is None else _frozen(encoder, bridge)
 
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
@@ -63,6 +136,7 @@ class Classification(Objective):
     """Plain (label-smoothed) cross-entropy: an independent model, with no compatibility."""
 
     key = "classification"
+    head: CosineClassifier
 
     def __init__(self, config: ObjectiveConfig) -> None:
         super().__init__()
@@ -95,6 +169,7 @@ class BCT(Objective):
     """
 
     key = "bct"
+    head: CosineClassifier
     prototypes: Tensor  # (classes, old_dim) unit rows, a buffer
 
     def __init__(self, config: BCTConfig, prototypes: Tensor) -> None:
@@ -115,6 +190,9 @@ class BCT(Objective):
         old_logits = self.config.scale * bridged @ self.prototypes.T
         influence = self._ce(old_logits, labels, smoothing)
         return self._ce(self.head(features), labels, smoothing) + self.config.weight * influence
+
+    def bridge_module(self) -> nn.Module:
+        return self.adapter
 
 
 PrototypeMode = Literal["class_means", "classifier"]
@@ -148,3 +226,7 @@ def old_prototypes(
         seen = old_classifier.shape[0]
         rows[:seen] = old_classifier.detach().float()
     return F.normalize(rows, dim=1)
+
+
+# The other registered objectives; imported last because they subclass Objective (defined above).
+from compat import bt2, oca, ract, simplex  # noqa: E402, F401

@@ -1,0 +1,238 @@
+"""Every registered training-time objective against its definition, on tiny seeded problems."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compat.bt2 import BT2, BT2Config
+from compat.objectives import (
+    BCT,
+    OBJECTIVES,
+    BCTConfig,
+    Classification,
+    Objective,
+    ObjectiveConfig,
+    new_space_model,
+    old_space_model,
+)
+from compat.oca import OCA, OCAConfig
+from compat.ract import RACT, RACTConfig, ract_infonce
+from compat.references import WithReferences
+from compat.simplex import Simplex, SimplexConfig, hoc_loss, simplex_vertices
+from compat.training import TrainConfig, _optimizer
+from kernels.errors import InvalidInputError
+from models.encoders import MLPEncoderConfig, build_encoder
+
+CLASSES, OLD_DIM, NEW_DIM, INPUT = 4, 6, 12, 10
+
+
+def _mlp(dim: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_encoder("mlp", MLPEncoderConfig(input_dim=INPUT, hidden_dims=(16,), embed_dim=dim))
+
+
+@pytest.fixture(scope="module")
+def problem() -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    """4 Gaussian classes in R^10, 64 points, and a frozen 'old' encoder (random, 6-d)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % CLASSES
+    centres = torch.randn(CLASSES, INPUT, generator=g) * 2
+    x = centres[y] + torch.randn(64, INPUT, generator=g)
+    return x, y, _mlp(OLD_DIM, 1).eval().requires_grad_(False)
+
+
+def _build(key: str, old: nn.Module) -> tuple[nn.Module, Objective, list[nn.Module], int, int]:
+    """(encoder, objective, references, new-space width, old-space width) for each key."""
+    torch.manual_seed(2)
+    protos = torch.randn(CLASSES, OLD_DIM)
+    if key == "classification":
+        obj: Objective = Classification(ObjectiveConfig(classes=CLASSES, embed_dim=NEW_DIM))
+        return _mlp(NEW_DIM, 3), obj, [], NEW_DIM, NEW_DIM
+    if key == "bct":
+        obj = BCT(BCTConfig(classes=CLASSES, embed_dim=NEW_DIM, old_dim=OLD_DIM), protos)
+        return _mlp(NEW_DIM, 3), obj, [], NEW_DIM, OLD_DIM
+    if key == "bt2":
+        teacher = _mlp(NEW_DIM, 4).eval()
+        config = BT2Config(
+            classes=CLASSES,
+            embed_dim=NEW_DIM + 4,
+            old_dim=OLD_DIM,
+            extra_dims=4,
+            teacher_dim=NEW_DIM,
+        )
+        return _mlp(NEW_DIM + 4, 3), BT2(config, protos), [old, teacher], NEW_DIM + 4, OLD_DIM
+    if key == "oca":
+        obj = OCA(OCAConfig(classes=CLASSES, embed_dim=OLD_DIM + 4, old_dim=OLD_DIM), protos)
+        return _mlp(OLD_DIM + 4, 3), obj, [], OLD_DIM + 4, OLD_DIM
+    if key == "simplex":
+        previous = nn.Sequential(old, nn.Linear(OLD_DIM, CLASSES - 1)).eval()
+        obj = Simplex(SimplexConfig(classes=CLASSES, embed_dim=NEW_DIM, hoc=True))
+        return _mlp(NEW_DIM, 3), obj, [previous], CLASSES - 1, CLASSES - 1
+    assert key == "ract"
+    obj = RACT(RACTConfig(classes=CLASSES, embed_dim=NEW_DIM, old_dim=OLD_DIM, tau=0.1))
+    return _mlp(NEW_DIM, 3), obj, [old], NEW_DIM, OLD_DIM
+
+
+def test_every_objective_is_covered() -> None:
+    assert OBJECTIVES.keys() == ["bct", "bt2", "classification", "oca", "ract", "simplex"]
+
+
+@pytest.mark.parametrize("key", OBJECTIVES.keys())
+def test_loss_finite_decreases_and_shapes(key: str, problem) -> None:
+    x, y, old = problem
+    encoder, objective, refs, new_width, old_width = _build(key, old)
+    model = WithReferences(encoder, refs) if refs else encoder
+    optimizer = _optimizer(model, objective, TrainConfig(lr=1e-2))
+    losses = []
+    for _ in range(25):
+        loss = objective.loss(model(x), y)
+        assert loss.ndim == 0 and math.isfinite(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert new_space_model(encoder, objective)(x).shape == (64, new_width)
+    assert old_space_model(encoder, objective)(x).shape == (64, old_width)
+
+
+@pytest.mark.parametrize("key", ["bt2", "ract", "simplex"])
+def test_reference_objectives_refuse_bare_features(key: str, problem) -> None:
+    x, y, old = problem
+    encoder, objective, *_ = _build(key, old)
+    narrow = torch.randn(8, sum(objective.reference_dims()))  # no room for the encoder's own
+    with pytest.raises(InvalidInputError, match="WithReferences"):
+        objective.loss(narrow, y[:8])
+
+
+def test_with_references_keeps_references_frozen(problem) -> None:
+    x, y, old = problem
+    before = [p.clone() for p in old.parameters()]
+    model = WithReferences(_mlp(NEW_DIM, 3), [old]).train()
+    out = model(x)
+    assert out.shape == (64, NEW_DIM + OLD_DIM) and not old.training
+    torch.testing.assert_close(out[:, NEW_DIM:].norm(dim=1), torch.ones(64))
+    out.sum().backward()
+    assert all(p.grad is None for p in old.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, old.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("classes", [2, 3, 10, 17])
+def test_simplex_vertices_are_a_regular_simplex(classes: int) -> None:
+    v = simplex_vertices(classes).double()
+    assert v.shape == (classes, classes - 1)
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(classes, dtype=torch.float64))
+    gram = v @ v.T
+    off = ~torch.eye(classes, dtype=torch.bool)
+    torch.testing.assert_close(gram[off], torch.full_like(gram[off], -1 / (classes - 1)))
+    assert torch.equal(simplex_vertices(classes), simplex_vertices(classes))  # deterministic
+
+
+def test_simplex_classifier_is_fixed() -> None:
+    objective = Simplex(SimplexConfig(classes=5, embed_dim=8))
+    assert "head.vertices" in dict(objective.named_buffers())
+    assert all(not name.startswith("head") for name, _ in objective.named_parameters())
+
+
+def test_bt2_mixing_maps_are_orthogonal_and_b_is_a_block(problem) -> None:
+    x, y, old = problem
+    encoder, objective, refs, *_ = _build("bt2", old)
+    assert isinstance(objective, BT2)
+    model = WithReferences(encoder, refs)
+    optimizer = _optimizer(model, objective, TrainConfig(lr=1e-2))
+    for _ in range(10):  # orthogonality must survive training (no weight decay on the maps)
+        loss = objective.loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    eye = torch.eye(NEW_DIM + 4)
+    for rotation in (objective.rotate_compatible, objective.rotate_added):
+        w = rotation.weight.detach()
+        assert not torch.allclose(w, eye)  # it trained
+        torch.testing.assert_close(w @ w.T, eye, atol=1e-5, rtol=0)
+    z = encoder(x).detach()
+    new, bridged = objective.embedding()(z), objective.bridge_module()(z)
+    torch.testing.assert_close(new[:, :OLD_DIM], bridged)
+
+
+def test_oca_compatible_part_is_the_first_old_dims(problem) -> None:
+    x, _, old = problem
+    encoder, objective, *_ = _build("oca", old)
+    z = encoder(x).detach()
+    torch.testing.assert_close(objective.bridge_module()(z), objective.embedding()(z)[:, :OLD_DIM])
+
+
+def test_bct_bridge_is_its_adapter() -> None:
+    objective = BCT(
+        BCTConfig(classes=CLASSES, embed_dim=NEW_DIM, old_dim=OLD_DIM),
+        torch.randn(CLASSES, OLD_DIM),
+    )
+    assert objective.bridge_module() is objective.adapter
+    assert objective.adapter.dim_in == NEW_DIM and objective.adapter.dim_out == OLD_DIM
+
+
+def test_ract_infonce_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(5)
+    new = F.normalize(torch.randn(7, 3, generator=g, dtype=torch.float64), dim=1)
+    old = F.normalize(torch.randn(7, 3, generator=g, dtype=torch.float64), dim=1)
+    labels, tau = torch.tensor([0, 1, 0, 2, 1, 2, 2]), 0.01
+    total = 0.0
+    for i in range(7):
+        pos = math.exp(float(new[i] @ old[i]) / tau)
+        negs = sum(
+            math.exp(float(new[i] @ other[j]) / tau)
+            for other, j in itertools.product((old, new), range(7))
+            if labels[j] != labels[i]
+        )
+        total += -math.log(pos / (pos + negs))
+    torch.testing.assert_close(
+        ract_infonce(new, old, labels, tau), torch.tensor(total / 7, dtype=torch.float64)
+    )
+
+
+def test_hoc_loss_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(6)
+    new = F.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=1)
+    prev = F.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=1)
+    labels, tau = torch.tensor([0, 1, 0, 1, 1]), 0.5
+    total = 0.0
+    for i in range(5):
+        denominator = sum(math.exp(float(new[i] @ prev[j]) / tau) for j in range(5))
+        positives = [j for j in range(5) if labels[j] == labels[i]]
+        total += -sum(
+            math.log(math.exp(float(new[i] @ prev[j]) / tau) / denominator) for j in positives
+        ) / len(positives)
+    torch.testing.assert_close(
+        hoc_loss(new, prev, labels, tau), torch.tensor(total / 5, dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BT2Config(classes=4, embed_dim=8, old_dim=8),  # no added block
+        lambda: BT2Config(classes=4, embed_dim=12, old_dim=6, extra_dims=4, teacher_dim=12),
+        lambda: OCAConfig(classes=4, embed_dim=6, old_dim=6),
+        lambda: RACTConfig(classes=4, embed_dim=6, old_dim=6, tau=0.0),
+        lambda: SimplexConfig(classes=4, embed_dim=6, hoc_tau=-1.0),
+    ],
+)
+def test_configs_reject_bad_values(make) -> None:
+    with pytest.raises(InvalidInputError):
+        make()
+
+
+def test_configs_round_trip_through_json() -> None:
+    for config in (
+        BT2Config(classes=4, embed_dim=12, old_dim=6, extra_dims=4, teacher_dim=8),
+        OCAConfig(classes=4, embed_dim=10, old_dim=6),
+        RACTConfig(classes=4, embed_dim=6, old_dim=6),
+        SimplexConfig(classes=4, embed_dim=6, hoc=True),
+    ):
+        assert type(config).from_json(config.to_json()) == config
