@@ -1,0 +1,362 @@
+"""Bridge or backfill? A measured answer for one model upgrade, from vectors (pure torch).
+
+Given the same queries and gallery embedded by the old and the new model, relevance labels and a
+backward adapter (new -> old), :func:`bridge_or_backfill` measures every option a deployment has:
+
+- ``old_old``: stay on the old model (the status quo);
+- ``bridged``: new-model queries through the adapter, against the untouched old gallery;
+- ``new_new``: the full re-index (every gallery item re-embedded);
+- ``rerank`` (optional cascade): the bridged top-R candidates re-scored by new/new similarity. On an
+  un-migrated gallery the candidates' new vectors do not exist yet, so it costs R new-model
+  embeddings per query (unless cached) — reported as seconds per query;
+- backfilling curves (see :mod:`compat.backfill_curves`), the fraction of backfill after which the
+  mixed gallery reaches ``target_retention`` × new/new, and its cost in encoder seconds.
+
+The verdict rule (``metric``, default recall@10; ``target`` = ``target_retention``, default 0.95):
+
+1. **bridge** when the bridge passes the compatibility criterion, bridged > old/old (strict, ECC),
+   and retention = bridged / new_new >= target;
+2. **bridge+rerank** otherwise, when the cascade was measured, beats old/old and the bridge
+   (strictly) and its retention >= target;
+3. **backfill** otherwise. When bridged <= old/old the reason says "do not bridge, backfill":
+   bridging does not even beat staying on the old model, so serve the old model until the backfill
+   is done. When the bridge does beat old/old, serving it (mixed) during the backfill is safe.
+
+The report is a frozen dataclass that round-trips through JSON (:meth:`BridgeReport.to_json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from compat.adapters import Adapter
+from compat.backfill_curves import (
+    Curve,
+    Relevance,
+    backfill_curve,
+    cosine,
+    evaluate,
+    order_by_uncertainty,
+    order_distance_to_mean,
+    order_random,
+)
+from compat.relevance_metrics import gain_over_status_quo, ranked_relevance_metrics, retention
+from compat.vectors import check_vectors
+from kernels.errors import InvalidInputError
+
+Decision = Literal["bridge", "bridge+rerank", "backfill"]
+UncertaintyModel = Any  # anything with ``uncertainty(old_vectors (G, d_old)) -> (G,)``
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    reason: str  # one sentence with the numbers behind the decision
+    metric: str
+    target_retention: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Rerank:
+    """The bridge + rerank cascade: bridged top-``depth`` candidates re-scored new/new."""
+
+    depth: int
+    metrics: dict[str, float]
+    retention: dict[str, float]
+    gain: dict[str, float]
+    new_embeddings_per_query: int  # the candidates' new vectors, when none is migrated yet
+    seconds_per_query: float | None  # new_embeddings_per_query x the new encoder's s/item
+
+
+@dataclasses.dataclass(frozen=True)
+class BackfillCost:
+    seconds_per_item: float | None  # the new encoder, measured by the caller
+    items: int  # gallery size the cost is for (may exceed the evaluated gallery)
+    full_seconds: float | None  # items x seconds_per_item
+    seconds_to_target: dict[str, float | None]  # per ordering: fraction_to_target x full_seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class BridgeReport:
+    metric: str
+    queries: int
+    gallery: int
+    adapter: str | None  # the adapter's registry key, when it has one
+    old_old: dict[str, float]
+    bridged: dict[str, float]
+    new_new: dict[str, float]
+    retention: dict[str, float]  # bridged / new_new, per metric
+    gain: dict[str, float]  # bridged - old_old, per metric
+    rerank: Rerank | None
+    curves: list[Curve]
+    backfill: BackfillCost
+    verdict: Verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BridgeReport:
+        d = dict(data)
+        d["rerank"] = None if d["rerank"] is None else Rerank(**d["rerank"])
+        d["curves"] = [Curve(**c) for c in d["curves"]]
+        d["backfill"] = BackfillCost(**d["backfill"])
+        d["verdict"] = Verdict(**d["verdict"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> BridgeReport:
+        return cls.from_dict(json.loads(text))
+
+
+def rerank_metrics(
+    bridged_scores: Tensor,
+    new_scores: Tensor,
+    relevance: Relevance,
+    depth: int,
+    ks: Sequence[int] = (10,),
+) -> dict[str, float]:
+    """Metrics of the cascade: top-``depth`` by bridged score, re-ordered by new/new score.
+
+    (Q, G) score matrices each; ties keep the bridged order (then ascending position). A ``depth``
+    below k cuts the list short and is penalised, never rescaled.
+    """
+    if not 1 <= depth <= bridged_scores.shape[1]:
+        raise InvalidInputError(
+            f"rerank depth must be in 1..{bridged_scores.shape[1]}, got {depth}"
+        )
+    first = bridged_scores.float().clone()
+    gains = relevance.gains.to(torch.float64).clone()
+    if relevance.exclude is not None:
+        rows = torch.arange(len(first))
+        first[rows, relevance.exclude] = float("-inf")
+        gains[rows, relevance.exclude] = 0.0
+    candidates = torch.sort(first, dim=1, descending=True, stable=True).indices[:, :depth]
+    rescored = new_scores.float().gather(1, candidates)  # (Q, depth)
+    within = torch.sort(rescored, dim=1, descending=True, stable=True).indices
+    ranked = candidates.gather(1, within)  # (Q, depth) gallery positions, best first
+    per_query = ranked_relevance_metrics(ranked, gains, ks)
+    return {name: float(v.mean()) for name, v in per_query.items()}
+
+
+def decide(
+    old_old: float,
+    bridged: float,
+    new_new: float,
+    rerank: float | None = None,
+    *,
+    metric: str = "recall@10",
+    target_retention: float = 0.95,
+    backfill_note: str = "",
+) -> Verdict:
+    """The rule in this module's docstring, on one metric's values."""
+    kept = retention(bridged, new_new)
+    numbers = f"{metric}: old/old {old_old:.3f}, bridged {bridged:.3f}, new/new {new_new:.3f}"
+    if bridged > old_old and kept >= target_retention:
+        reason = f"bridge: it beats the old model and keeps {kept:.1%} of the re-index ({numbers})"
+        return Verdict("bridge", reason, metric, target_retention)
+    if rerank is not None and rerank > max(bridged, old_old):
+        kept_rr = retention(rerank, new_new)
+        if kept_rr >= target_retention:
+            reason = (
+                f"bridge+rerank: the cascade ({rerank:.3f}) keeps {kept_rr:.1%} of the re-index, "
+                f"the bridge alone {kept:.1%} ({numbers})"
+            )
+            return Verdict("bridge+rerank", reason, metric, target_retention)
+    if bridged <= old_old:
+        reason = (
+            f"do not bridge, backfill: bridging does not beat staying on the old model; serve the "
+            f"old model until the backfill is done ({numbers}){backfill_note}"
+        )
+    else:
+        reason = (
+            f"backfill: the bridge beats the old model but keeps only {kept:.1%} of the re-index "
+            f"(< {target_retention:.0%}); serve it mixed while the backfill runs ({numbers})"
+            f"{backfill_note}"
+        )
+    return Verdict("backfill", reason, metric, target_retention)
+
+
+def bridge_or_backfill(
+    old_queries: Tensor,
+    new_queries: Tensor,
+    old_gallery: Tensor,
+    new_gallery: Tensor,
+    relevance: Relevance,
+    adapter: Adapter | Callable[[Tensor], Tensor],
+    *,
+    metric: str = "recall@10",
+    ks: Sequence[int] = (10,),
+    target_retention: float = 0.95,
+    rerank_depth: int | None = 50,
+    orderings: Sequence[str] = ("random", "distance_to_mean"),
+    uncertainty: Tensor | UncertaintyModel | None = None,
+    points: int = 11,
+    new_seconds_per_item: float | None = None,
+    backfill_items: int | None = None,
+    seed: int = 0,
+) -> BridgeReport:
+    """Measure old/old, bridged, new/new, the cascade and the backfilling curves; decide.
+
+    Shapes: old_queries (Q, d_old), new_queries (Q, d_new), old_gallery (G, d_old), new_gallery
+    (G, d_new); relevance (Q, G). ``adapter`` maps new -> old (a registered :class:`Adapter` must be
+    a backward map of those widths). ``uncertainty``: a (G,) σ per gallery item, or a model whose
+    ``uncertainty(old_gallery)`` gives it (FastFill's forward map); adds the "uncertainty" ordering.
+    ``backfill_items``: the real gallery's size for the cost estimate (default G).
+    """
+    oq, nq, og, ng = _check(old_queries, new_queries, old_gallery, new_gallery, relevance)
+    orders = _orders(orderings, og, uncertainty, seed)
+    bridge = _as_bridge(adapter, nq.shape[1], og.shape[1])
+    bridged_q = bridge(nq)  # (Q, d_new) -> (Q, d_old)
+    new_scores, bridged_scores = cosine(nq, ng), cosine(bridged_q, og)  # (Q, G) each
+    cells = {
+        "old_old": evaluate(cosine(oq, og), relevance, ks),
+        "bridged": evaluate(bridged_scores, relevance, ks),
+        "new_new": evaluate(new_scores, relevance, ks),
+    }
+    if metric not in cells["new_new"]:
+        raise InvalidInputError(f"metric {metric!r} is not among {sorted(cells['new_new'])}")
+    rr = _rerank(
+        bridged_scores, new_scores, relevance, rerank_depth, ks, cells, new_seconds_per_item
+    )
+    target = target_retention * cells["new_new"][metric]
+    curves = [
+        backfill_curve(
+            new_scores,
+            bridged_scores,
+            relevance,
+            order,
+            ordering=name,
+            metric=metric,
+            points=points,
+            target=target,
+        )
+        for name, order in orders.items()
+    ]
+    cost = _cost(curves, new_seconds_per_item, backfill_items or len(og))
+    verdict = decide(
+        cells["old_old"][metric], cells["bridged"][metric], cells["new_new"][metric],
+        None if rr is None else rr.metrics[metric], metric=metric,
+        target_retention=target_retention, backfill_note=_backfill_note(curves, cost),
+    )  # fmt: skip
+    return BridgeReport(
+        metric=metric, queries=len(oq), gallery=len(og), adapter=getattr(adapter, "key", None),
+        old_old=cells["old_old"], bridged=cells["bridged"], new_new=cells["new_new"],
+        retention=_per_metric(retention, cells["bridged"], cells["new_new"]),
+        gain=_per_metric(gain_over_status_quo, cells["bridged"], cells["old_old"]),
+        rerank=rr, curves=curves, backfill=cost, verdict=verdict,
+    )  # fmt: skip
+
+
+def _check(
+    oq: Tensor, nq: Tensor, og: Tensor, ng: Tensor, relevance: Relevance
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    oq, nq = check_vectors(oq, None, "old_queries"), check_vectors(nq, None, "new_queries")
+    og = check_vectors(og, oq.shape[1], "old_gallery")
+    ng = check_vectors(ng, nq.shape[1], "new_gallery")
+    if len(oq) != len(nq) or len(og) != len(ng):
+        raise InvalidInputError(
+            f"old and new embeddings must cover the same items row by row: queries {len(oq)} vs "
+            f"{len(nq)}, gallery {len(og)} vs {len(ng)}"
+        )
+    if tuple(relevance.gains.shape) != (len(oq), len(og)):
+        raise InvalidInputError(
+            f"relevance is {tuple(relevance.gains.shape)}, expected (queries, gallery) = "
+            f"{(len(oq), len(og))}"
+        )
+    return oq, nq, og, ng
+
+
+def _as_bridge(adapter: Adapter | Callable[[Tensor], Tensor], d_new: int, d_old: int) -> Callable:
+    if isinstance(adapter, Adapter):
+        adapter.expect("backward", d_new, d_old)
+        return adapter.bridge()
+    return adapter
+
+
+def _per_metric(fn: Callable[[float, float], float], a: dict, b: dict) -> dict[str, float]:
+    return {name: fn(a[name], b[name]) for name in a}
+
+
+def _rerank(
+    bridged_scores: Tensor,
+    new_scores: Tensor,
+    relevance: Relevance,
+    depth: int | None,
+    ks: Sequence[int],
+    cells: dict[str, dict[str, float]],
+    seconds_per_item: float | None,
+) -> Rerank | None:
+    if depth is None:
+        return None
+    values = rerank_metrics(bridged_scores, new_scores, relevance, depth, ks)
+    return Rerank(
+        depth=depth,
+        metrics=values,
+        retention=_per_metric(retention, values, cells["new_new"]),
+        gain=_per_metric(gain_over_status_quo, values, cells["old_old"]),
+        new_embeddings_per_query=depth,
+        seconds_per_query=None if seconds_per_item is None else depth * seconds_per_item,
+    )
+
+
+def _orders(
+    orderings: Sequence[str], old_gallery: Tensor, uncertainty: Any, seed: int
+) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for name in orderings:
+        if name == "random":
+            out[name] = order_random(len(old_gallery), seed=seed)
+        elif name == "distance_to_mean":
+            out[name] = order_distance_to_mean(old_gallery, seed=seed)
+        elif name != "uncertainty":
+            raise InvalidInputError(
+                f"unknown ordering {name!r}",
+                fix="use random, distance_to_mean or uncertainty",
+            )
+    if uncertainty is not None:
+        sigma = (
+            uncertainty if isinstance(uncertainty, Tensor) else uncertainty.uncertainty(old_gallery)
+        )
+        if tuple(sigma.shape) != (len(old_gallery),):
+            raise InvalidInputError(
+                f"uncertainty must be one value per gallery item, (G,) = ({len(old_gallery)},), "
+                f"got {tuple(sigma.shape)}"
+            )
+        out["uncertainty"] = order_by_uncertainty(sigma)
+    elif "uncertainty" in orderings:
+        raise InvalidInputError(
+            "the uncertainty ordering needs uncertainty= (a (G,) tensor or a model with .uncertainty)",
+            fix="fit a forward_mlp with config {'uncertainty': True} on the paired data",
+        )
+    return out
+
+
+def _cost(curves: list[Curve], seconds_per_item: float | None, items: int) -> BackfillCost:
+    full = None if seconds_per_item is None else items * seconds_per_item
+    to_target = {
+        c.ordering: None
+        if full is None or c.fraction_to_target is None
+        else c.fraction_to_target * full
+        for c in curves
+    }
+    return BackfillCost(seconds_per_item, items, full, to_target)
+
+
+def _backfill_note(curves: list[Curve], cost: BackfillCost) -> str:
+    reached = [c for c in curves if c.fraction_to_target is not None]
+    if not reached:
+        return ""
+    best = min(reached, key=lambda c: (c.fraction_to_target, c.ordering))
+    note = f"; {best.ordering} order reaches the target after {best.fraction_to_target:.0%} of the backfill"
+    seconds = cost.seconds_to_target.get(best.ordering)
+    return note + ("" if seconds is None else f" (~{seconds:.0f} s of new-encoder time)")
