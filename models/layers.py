@@ -3,7 +3,10 @@
 Every layer keeps ``nn.Linear``'s signature ``(in_features, out_features, bias=True, **structure)``,
 maps ``(..., in_features) -> (..., out_features)`` and can produce its dense matrix:
 ``layer(x) == x @ layer.to_dense().T + layer.bias``. Layers are looked up by stable key in
-:data:`LAYERS`; butterfly and orthogonal variants slot in as more entries.
+:data:`LAYERS`: ``dense``, ``block_diagonal`` and ``monarch`` live here, ``butterfly`` and
+``orthogonal_butterfly`` in :mod:`models.butterfly`, ``orthogonal_dense``,
+``orthogonal_block_diagonal`` and ``orthogonal_monarch`` in :mod:`models.orthogonal_layers`
+(imported at the bottom of this module, so every key is registered once ``LAYERS`` is importable).
 
 Rectangular maps zero-pad the input up to a multiple of ``nblocks`` and crop the output, so any
 ``(in_features, out_features)`` works; the padded rows/columns simply never carry signal.
@@ -17,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from kernels.errors import InvalidInputError, did_you_mean
 from models.registry import Registry
@@ -40,10 +44,12 @@ def monarch_multiply(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
     batch = x.shape[0]
     k, q, p = w1.shape
     l, s, r = w2.shape  # noqa: E741 (the k, q, p / l, s, r names of kernels.md)
-    # (k, B, p) @ (k, p, q) -> (k, B, q); bmm wants the block index first.
-    out1 = torch.bmm(x.reshape(batch, k, p).transpose(0, 1), w1.transpose(1, 2))
+    # (k, B, p) @ (k, p, q) -> (k, B, q); bmm wants the block index first. The activations are made
+    # contiguous: CPU bmm copies a batch-strided operand block by block (2-3x slower at small B);
+    # the weights' transposed views are fine as they are.
+    out1 = torch.bmm(x.reshape(batch, k, p).transpose(0, 1).contiguous(), w1.transpose(1, 2))
     # (k, B, q) -> (B, k*q) = (B, r, l) -> (l, B, r): the stride permutation.
-    out1 = out1.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1)
+    out1 = out1.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1).contiguous()
     # (l, B, r) @ (l, r, s) -> (l, B, s) -> (B, s, l) -> (B, s*l)
     out2 = torch.bmm(out1, w2.transpose(1, 2))
     return out2.permute(1, 2, 0).reshape(batch, s * l)
@@ -53,20 +59,24 @@ def blockdiag_multiply(x: Tensor, blocks: Tensor) -> Tensor:
     """One block-diagonal factor: x (B, k*p), blocks (k, s, p) -> (B, k*s)."""
     batch = x.shape[0]
     k, s, p = blocks.shape
-    # (k, B, p) @ (k, p, s) -> (k, B, s) -> (B, k*s)
-    out = torch.bmm(x.reshape(batch, k, p).transpose(0, 1), blocks.transpose(1, 2))
+    # (k, B, p) @ (k, p, s) -> (k, B, s) -> (B, k*s); contiguous for bmm as in monarch_multiply.
+    out = torch.bmm(x.reshape(batch, k, p).transpose(0, 1).contiguous(), blocks.transpose(1, 2))
     return out.transpose(0, 1).reshape(batch, k * s)
 
 
 class StructuredLinear(nn.Module):
     """Base of the structured layers: bias, padding, CPU row chunking and ``to_dense``.
 
-    Subclasses implement :meth:`_multiply` on padded, flattened input
-    (B, in_padded) -> (B, out_padded) and list their extra constructor arguments in
-    ``structure_params``.
+    Subclasses implement :meth:`_operands` (the tensors a product of ``rows`` inputs needs, built
+    once per forward: a parametrized weight is recomputed on every access, and the CPU chunks share
+    one copy), :meth:`_multiply` on padded, flattened input (B, in_padded) -> (B, out_padded), and
+    list their extra constructor arguments in ``structure_params``. ``isometric`` layers are
+    orthogonal maps (norm-preserving) where their widths allow, so their output scale is not
+    ``nn.Linear``'s.
     """
 
     structure_params: ClassVar[tuple[str, ...]] = ()
+    isometric: ClassVar[bool] = False
     chunk_rows: int = CPU_CHUNK_ROWS
 
     def __init__(
@@ -97,25 +107,30 @@ class StructuredLinear(nn.Module):
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def _multiply(self, x: Tensor) -> Tensor:
+    def _operands(self, rows: int) -> tuple[Tensor, ...]:
         raise NotImplementedError
 
-    def _linear_part(self, x: Tensor) -> Tensor:
+    def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
+        raise NotImplementedError
+
+    def _linear_part(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
         """(B, in_features) -> (B, out_features), no bias: pad, multiply, crop."""
         if self.in_padded != self.in_features:
             x = F.pad(x, (0, self.in_padded - self.in_features))
-        return self._multiply(x)[:, : self.out_features]
+        return self._multiply(x, operands)[:, : self.out_features]
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""
         _check_width(self, x)
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
+        operands = self._operands(flat.shape[0])
         if flat.device.type == "cpu" and flat.shape[0] > self.chunk_rows:
             # split/cat are differentiable, so chunking keeps autograd intact.
-            out = torch.cat([self._linear_part(c) for c in flat.split(self.chunk_rows)])
+            chunks = flat.split(self.chunk_rows)
+            out = torch.cat([self._linear_part(c, operands) for c in chunks])
         else:
-            out = self._linear_part(flat)
+            out = self._linear_part(flat, operands)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
@@ -124,7 +139,8 @@ class StructuredLinear(nn.Module):
         """The equivalent (out_features, in_features) weight, built by mapping the identity."""
         like = next(self.parameters())
         eye = torch.eye(self.in_features, device=like.device, dtype=like.dtype)
-        return self._linear_part(eye).T  # (in, out).T -> (out, in)
+        out = self._linear_part(eye, self._operands(self.in_features))  # (in, out)
+        return out.T
 
     def extra_repr(self) -> str:
         extra = ", ".join(f"{name}={getattr(self, name)}" for name in self.structure_params)
@@ -159,6 +175,7 @@ class DenseLinear(nn.Linear):
     """``nn.Linear`` plus ``to_dense`` (so it satisfies the structured-layer contract)."""
 
     structure_params: ClassVar[tuple[str, ...]] = ()
+    isometric: ClassVar[bool] = False
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features); a wrong width is a typed error."""
@@ -207,8 +224,11 @@ class BlockDiagonalLinear(StructuredLinear):
         nn.init.uniform_(self.blocks, -bound, bound)
         self.reset_bias()
 
-    def _multiply(self, x: Tensor) -> Tensor:
-        return blockdiag_multiply(x, self.blocks)
+    def _operands(self, rows: int) -> tuple[Tensor, ...]:
+        return (self.blocks,)
+
+    def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
+        return blockdiag_multiply(x, *operands)
 
 
 @LAYERS.register("monarch")
@@ -258,8 +278,11 @@ class MonarchLinear(StructuredLinear):
         nn.init.uniform_(self.w2, -bound2, bound2)
         self.reset_bias()
 
-    def _multiply(self, x: Tensor) -> Tensor:
-        return monarch_multiply(x, self.w1, self.w2)
+    def _operands(self, rows: int) -> tuple[Tensor, ...]:
+        return (self.w1, self.w2)
+
+    def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
+        return monarch_multiply(x, *operands)
 
 
 def make_linear(
@@ -286,3 +309,23 @@ def structure_kwargs(kind: str, **candidates: Any) -> dict[str, Any]:
 def parameter_count(module: nn.Module) -> int:
     """Number of trainable scalars (bias included)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def redraw_parametrized(module: nn.Module, names: tuple[str, ...]) -> bool:
+    """Give the parametrized tensors ``names`` fresh random values; False if not parametrized yet.
+
+    Assigning to a parametrized tensor goes through the parametrization's ``right_inverse``, which
+    projects a Gaussian draw onto the constraint (a random orthogonal matrix, random rotation
+    angles). Before registration (inside the parent's ``__init__``) the caller runs its plain init
+    instead, and registering the parametrization then projects that.
+    """
+    if not all(parametrize.is_parametrized(module, name) for name in names):
+        return False
+    with torch.no_grad():
+        for name in names:
+            setattr(module, name, torch.randn_like(getattr(module, name)))
+    return True
+
+
+# Register the layers that live in their own modules (they import the names above).
+from models import butterfly, orthogonal_layers  # noqa: E402, F401

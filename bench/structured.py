@@ -1,0 +1,330 @@
+"""Structured layers vs dense: parameters, CPU throughput, and Fashion-MNIST retrieval quality.
+
+    .venv/bin/python bench/structured.py [--quick] [--threads 1,2] [--part all|speed|quality]
+
+(a) rows/s of one d x d layer in inference mode, dense / Monarch / block-diagonal / butterfly
+side by side in one process (interleaved rounds, median of ``--repeats``), as ratios to dense;
+(b) the demo's v2 MLP (784 -> 512 -> 512 -> 128) trained with a cosine classifier and label
+smoothing, dense vs structured layers at equal width, CMC top-1 / mAP of self-retrieval on the test
+split, mean ± std over seeds. Prints markdown and writes it to docs/results/structured.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as a plain script from any directory
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from compat.metrics import self_retrieval_metrics  # noqa: E402
+from compat.objectives import Classification, ObjectiveConfig  # noqa: E402
+from compat.training import TrainConfig, train  # noqa: E402
+from models.datasets import load_fashion_mnist  # noqa: E402
+from models.encoders import MLPEncoderConfig, build_encoder, embed  # noqa: E402
+from models.layers import make_linear, parameter_count, structure_kwargs  # noqa: E402
+
+SPEED_LAYERS = [
+    ("dense", 1),
+    ("monarch", 4),
+    ("monarch", 16),
+    ("block_diagonal", 4),
+    ("butterfly", 1),
+]
+# (name, hidden-layer kind, input-layer kind); nblocks=4 everywhere, as in the demo.
+VARIANTS = [
+    ("dense", "dense", "dense"),
+    ("monarch hidden (demo v2)", "monarch", "dense"),
+    ("monarch all", "monarch", "monarch"),
+    ("block_diagonal all", "block_diagonal", "block_diagonal"),
+    ("butterfly hidden", "butterfly", "dense"),
+    ("butterfly all", "butterfly", "butterfly"),
+    ("orthogonal_monarch hidden", "orthogonal_monarch", "dense"),
+]
+OUT = ROOT / "docs" / "results" / "structured.md"
+
+
+def label(kind: str, nblocks: int) -> str:
+    return f"{kind} nb={nblocks}" if structure_kwargs(kind, nblocks=nblocks) else kind
+
+
+def speed_layers(d: int) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {
+        label(kind, nb): make_linear(kind, d, d, **structure_kwargs(kind, nblocks=nb)).eval()
+        for kind, nb in SPEED_LAYERS
+    }
+
+
+def rows_per_second(
+    layers: dict[str, nn.Module], batch: int, repeats: int, min_s: float
+) -> dict[str, float]:
+    """Median rows/s per layer; rounds interleave the layers so load drifts hit all of them."""
+    x = torch.randn(batch, next(iter(layers.values())).in_features)
+    calls, times = {}, {name: [] for name in layers}
+    with torch.inference_mode():
+        for name, layer in layers.items():
+            start = time.perf_counter()
+            layer(x)  # warm-up, and a calibration of how many calls make min_s
+            calls[name] = max(1, math.ceil(min_s / (time.perf_counter() - start)))
+        for _ in range(repeats):
+            for name, layer in layers.items():
+                start = time.perf_counter()
+                for _ in range(calls[name]):
+                    layer(x)
+                times[name].append((time.perf_counter() - start) / calls[name])
+    return {name: batch / statistics.median(t) for name, t in times.items()}
+
+
+def run_speed(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    lines = ["## (a) Parameters and CPU throughput of one d x d layer", ""]
+    verdict: list[str] = []
+    names = [label(kind, nb) for kind, nb in SPEED_LAYERS]
+    lines += ["| d | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for d in args.dims:
+        counts = {name: parameter_count(layer) for name, layer in speed_layers(d).items()}
+        dense = counts["dense"]
+        cells = [
+            f"{c:,} ({dense / c:.1f}x fewer)" if c != dense else f"{c:,}" for c in counts.values()
+        ]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        lines += [
+            "",
+            f"Rows/s with {threads} thread(s): dense absolute, others as a ratio to dense",
+            "",
+        ]
+        lines += ["| d | batch | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for d in args.dims:
+            layers = speed_layers(d)
+            ratios = {}
+            for batch in args.batches:
+                rate = rows_per_second(layers, batch, args.repeats, args.min_seconds)
+                ratios[batch] = {n: rate[n] / rate["dense"] for n in names}
+                cells = [f"{rate['dense']:,.0f}"] + [f"{ratios[batch][n]:.2f}x" for n in names[1:]]
+                lines.append(f"| {d} | {batch} | " + " | ".join(cells) + " |")
+                print(lines[-1], flush=True)
+            if d == 1024:
+                verdict += _speed_verdict(ratios, threads)
+    return lines, verdict
+
+
+def _speed_verdict(ratios: dict[int, dict[str, float]], threads: int) -> list[str]:
+    """Monarch at d=1024: >= 2x dense at batch >= 1024, >= 4x at batch <= 32."""
+    lines = []
+    for name in [label(k, nb) for k, nb in SPEED_LAYERS if k == "monarch"]:
+        for rows, need, pick in (
+            (">= 1024", 2.0, lambda b: b >= 1024),
+            ("<= 32", 4.0, lambda b: b <= 32),
+        ):
+            got = {b: r[name] for b, r in ratios.items() if pick(b)}
+            if got:
+                worst = min(got, key=got.__getitem__)
+                status = "met" if got[worst] >= need else "missed"
+                detail = ", ".join(f"B={b}: {v:.2f}x" for b, v in got.items())
+                lines.append(
+                    f"- {name}, {threads} thread(s), batch {rows}: need >= {need:.0f}x, got "
+                    f"{detail}: {status}"
+                )
+    return lines
+
+
+def linear_parameters(encoder: nn.Module) -> int:
+    """Weights and biases of the linear layers (every layer in LAYERS has ``to_dense``)."""
+    return sum(parameter_count(m) for m in encoder.modules() if hasattr(m, "to_dense"))
+
+
+def train_and_score(
+    variant: tuple[str, str, str], seed: int, data: dict[str, torch.Tensor], epochs: int
+) -> dict[str, float]:
+    _, layer, input_layer = variant
+    torch.manual_seed(seed)
+    config = MLPEncoderConfig(
+        input_dim=784,
+        hidden_dims=(512, 512),
+        embed_dim=128,
+        layer=layer,
+        input_layer=input_layer,
+        nblocks=4,
+    )
+    encoder = build_encoder("mlp", config)
+    objective = Classification(ObjectiveConfig(classes=10, embed_dim=128, label_smoothing=0.1))
+    start = time.perf_counter()
+    train(
+        encoder, objective, data["train_x"], data["train_y"], TrainConfig(epochs=epochs, seed=seed)
+    )
+    seconds = time.perf_counter() - start
+    z = embed(encoder, data["test_x"])
+    metrics = self_retrieval_metrics(z, z, data["test_y"])
+    return {
+        "top1": 100 * metrics["top1"],
+        "map": 100 * metrics["ap"],
+        "params": linear_parameters(encoder),
+        "seconds": seconds,
+    }
+
+
+def run_quality(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    torch.set_num_threads(args.train_threads)
+    raw = load_fashion_mnist()
+    data = {
+        "train_x": torch.from_numpy(raw.train_x[: args.train_limit]),
+        "train_y": torch.from_numpy(raw.train_y[: args.train_limit]),
+        "test_x": torch.from_numpy(raw.test_x[: args.gallery_limit]),
+        "test_y": torch.from_numpy(raw.test_y[: args.gallery_limit]),
+    }
+    n_train, n_test = len(data["train_x"]), len(data["test_x"])
+    lines = [
+        "## (b) Fashion-MNIST retrieval, MLP 784 -> 512 -> 512 -> 128, equal width",
+        "",
+        f"Train {n_train:,} images, {args.epochs} epochs (AdamW + one-cycle, cosine classifier, "
+        f"label smoothing 0.1); query set = gallery = {n_test:,} test images; seeds "
+        f"{', '.join(map(str, args.seeds))}; nblocks=4; {args.train_threads} thread(s). "
+        "'hidden': the input layer stays dense; 'all': every linear layer is structured.",
+        "",
+        "| variant | linear params | vs dense | top-1 (%) | mAP (%) | train s/run |",
+        "|---|---|---|---|---|---|",
+    ]
+    summary: dict[str, tuple[int, float, float]] = {}
+    for variant in VARIANTS:
+        runs = [train_and_score(variant, seed, data, args.epochs) for seed in args.seeds]
+        top1, maps = [r["top1"] for r in runs], [r["map"] for r in runs]
+        params = int(runs[0]["params"])
+        dense_params = summary.get("dense", (params, 0.0, 0.0))[0]
+        summary[variant[0]] = (params, statistics.mean(top1), statistics.mean(maps))
+        ratio = f"{dense_params / params:.2f}x fewer" if variant[0] != "dense" else "reference"
+        lines.append(
+            f"| {variant[0]} | {params:,} | {ratio} | {_pm(top1)} | "
+            f"{_pm(maps)} | {statistics.mean(r['seconds'] for r in runs):.0f} |"
+        )
+        print(lines[-1], flush=True)
+    return lines, _quality_verdict(summary)
+
+
+def _pm(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def _quality_verdict(summary: dict[str, tuple[int, float, float]]) -> list[str]:
+    dense_params, dense_top1, _ = summary["dense"]
+    lines = []
+    for name, (params, top1, _) in summary.items():
+        if name != "dense" and 2 * params <= dense_params:
+            met = "met" if top1 >= dense_top1 - 1.0 else "missed"
+            lines.append(
+                f"- {name}: {dense_params / params:.2f}x fewer linear parameters, top-1 "
+                f"{top1 - dense_top1:+.2f} points vs dense: target {met}"
+            )
+    return lines
+
+
+def machine() -> str:
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return (
+        f"{nproc} CPU cores ({cpu}), no GPU; torch {torch.__version__}, Python "
+        f"{platform.python_version()}"
+    )
+
+
+def _load() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    def ints(text: str) -> list[int]:
+        return [int(v) for v in text.split(",")]
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sweep and 1 short run per variant")
+    p.add_argument("--part", choices=["all", "speed", "quality"], default="all")
+    p.add_argument("--threads", type=ints, default=[os.cpu_count() or 1], help="e.g. 1,2")
+    p.add_argument("--train-threads", type=int, default=1, help="threads for part (b)")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seeds", type=ints, default=[0, 1, 2])
+    p.add_argument("--gallery-limit", type=int, default=None, help="test images (default all)")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    args.dims, args.batches, args.min_seconds, args.train_limit = (
+        [256, 512, 768, 1024],
+        [1, 32, 1024, 16384],
+        0.1,
+        None,
+    )
+    if args.quick:
+        args.dims, args.batches, args.min_seconds, args.repeats = [256, 1024], [1, 1024], 0.02, 3
+        args.epochs, args.seeds, args.train_limit = 1, [0], 6000
+        args.gallery_limit = args.gallery_limit or 2000
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    command = ".venv/bin/python bench/structured.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Structured layers: parameters, CPU throughput, retrieval quality",
+        "",
+        f"Measured {datetime.date.today().isoformat()} with",
+        "",
+        "```sh",
+        command.rstrip(),
+        "```",
+        "",
+    ]
+    speed_verdict: list[str] = []
+    quality_verdict: list[str] = []
+    start, load = time.perf_counter(), _load()
+    if args.part in ("all", "speed"):
+        speed, speed_verdict = run_speed(args)
+        lines += speed + [""]
+    if args.part in ("all", "quality"):
+        quality, quality_verdict = run_quality(args)
+        lines += quality + [""]
+    minutes = (time.perf_counter() - start) / 60
+    lines += [
+        f"Machine: {machine()}; load average (1/5/15 min) at the start {load}, at the end "
+        f"{_load()} (a shared machine: other jobs ran alongside). The run took {minutes:.0f} min.",
+        "",
+    ]
+    if os.getloadavg()[0] >= (os.cpu_count() or 1):
+        lines += [
+            "Caveat: the load average was at or above the core count, so a second torch thread "
+            "competes with other jobs and OpenMP spin-waits dominate: timings with more than one "
+            "thread are unreliable here. Ratios come from interleaved rounds, so a slow spell "
+            "hits every layer alike; absolute rows/s are depressed.",
+            "",
+        ]
+    if speed_verdict:
+        lines += ["Speed target (Monarch, d=1024):", "", *speed_verdict, ""]
+    if quality_verdict:
+        lines += ["Quality target (>= 2x fewer linear parameters, within 1 point of dense top-1):"]
+        lines += ["", *quality_verdict, ""]
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
