@@ -238,6 +238,21 @@ class BackfillTask(Base):
     item: Mapped[Item] = relationship()
 
 
+class ItemAccess(Base):
+    """How often search returned an item: the ``access_frequency`` ordering migrates hot items first.
+
+    Searchers count in memory and add their counts in one upsert per flush (index/search.py), so
+    the query path never writes a row per query.
+    """
+
+    __tablename__ = "item_access"
+    item_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("item.id", ondelete="CASCADE"), primary_key=True
+    )
+    hits: Mapped[count]
+    last_access_at: Mapped[datetime | None]
+
+
 class ServingAlias(Base):
     """A stable name clients query: which model encodes queries, which spaces answer them."""
 

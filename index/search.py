@@ -1,32 +1,51 @@
 """Mixed-version search: one query batch over every space that holds part of the gallery.
 
-Each space answers only for the items it is authoritative for (an ``IDSelector`` filter), in its
-own embedding space: natively when the query version owns it, through the backward adapter's
-serving form (executed by ``kernels.project``) otherwise. Every item is authoritative in exactly one
-space, so the merged list never holds an item twice.
+Each space answers only for the items it is authoritative for, in its own embedding space: natively
+when the query version owns it, through the backward adapter's serving form (executed by
+``kernels.project``) otherwise. Every item is authoritative in exactly one space, so the merged list
+never holds an item twice.
+
+Performance: a searcher is a snapshot, so the authority filter is applied once, when it opens: a
+space whose index holds non-authoritative vectors (the source of a migration) is copied into a
+compact index of its authoritative vectors only. Filtering per query batch with an ``IDSelector``
+instead costs building the selector every batch and, worse, takes FAISS off its BLAS path (it tests
+every id one by one); see docs/results/serving.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from compat.adapters import ServingForm
+from compat.adapters import Bridge
 from compat.vectors import check_vectors
-from index.catalog import EmbeddingSpace, Item, ItemEmbedding
+from index.catalog import EmbeddingSpace, Item, ItemAccess, ItemEmbedding, ModelVersion, utcnow
 from index.context import Context
 from index.galleries import SQL_CHUNK, chunked, load_store
 from index.store import GalleryStore
 from index.versions import get_version, query_adapter
-from kernels.errors import CorruptArtifactError
+from kernels.errors import CorruptArtifactError, InvalidInputError
 from models.registry import Registry
 
 RRF_K = 60  # the constant of reciprocal-rank fusion (Cormack et al. 2009)
+
+
+@contextmanager
+def read_only(ctx: Context) -> Iterator[Session]:
+    """A read transaction that never waits for a writer: on SQLite ``BEGIN DEFERRED`` under WAL
+    reads the last committed state while a migration wave holds the write lock."""
+    engine = ctx.engine.execution_options(sqlite_begin="DEFERRED")
+    with ctx.sessions(bind=engine) as session, session.begin():
+        yield session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +55,16 @@ class SpaceView:
     name: str
     store: GalleryStore
     allowed: np.ndarray  # (n,) int64 item ids authoritative in this space
-    bridge: ServingForm | None  # None: the query version's own space
+    bridge: Bridge | None  # None: the query version's own space; else the adapter's serving path
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.allowed) == 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         q = queries if self.bridge is None else self.bridge(queries)
-        return self.store.search(q.numpy(), k, self.allowed)
+        # Views built by MixedSearcher.open hold exactly their allowed ids: no selector needed.
+        allowed = None if len(self.allowed) == self.store.ntotal else self.allowed
+        return self.store.search(q.numpy(), k, allowed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,20 +142,89 @@ def search_views(
     )
 
 
+class AccessCounter:
+    """How often search returned each item, counted in memory; :meth:`flush` adds the counts to
+    the catalog (``item_access``) in one transaction, so queries never write. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[int] = Counter()
+
+    def record(self, ids: np.ndarray) -> None:
+        """ids (Q, k) as returned by search; -1 padding is ignored."""
+        values, counts = np.unique(ids[ids >= 0], return_counts=True)
+        with self._lock:
+            self._counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+
+    def pending(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def flush(self, ctx: Context) -> int:
+        """Upsert the pending counts; return how many items were updated. On failure the counts
+        stay pending for the next flush."""
+        with self._lock:
+            taken, self._counts = self._counts, Counter()
+        try:
+            with ctx.transaction() as session:
+                return _add_access_counts(session, taken)
+        except BaseException:
+            with self._lock:
+                self._counts.update(taken)
+            raise
+
+
+def _add_access_counts(session: Session, counts: Counter[int]) -> int:
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        raise InvalidInputError(f"access counting supports SQLite and PostgreSQL, not {dialect}")
+    existing = [  # items deleted since they were returned are skipped (foreign key)
+        i
+        for chunk in chunked(sorted(counts), SQL_CHUNK)
+        for i in session.scalars(select(Item.id).where(Item.id.in_(chunk)))
+    ]
+    if not existing:
+        return 0
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ItemAccess)
+    upsert = ins.on_conflict_do_update(
+        index_elements=[ItemAccess.item_id],
+        set_={
+            "hits": ItemAccess.hits + ins.excluded.hits,
+            "last_access_at": ins.excluded.last_access_at,
+        },
+    )
+    now = utcnow()
+    session.execute(
+        upsert, [{"item_id": i, "hits": counts[i], "last_access_at": now} for i in existing]
+    )
+    return len(existing)
+
+
 class MixedSearcher:
     """A consistent read-only snapshot of the gallery for one query version."""
 
-    def __init__(self, ctx: Context, version: str, views: list[SpaceView], dim: int) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        version: str,
+        views: list[SpaceView],
+        dim: int,
+        counter: AccessCounter | None = None,
+    ) -> None:
         self.ctx, self.version, self.views, self.dim = ctx, version, views, dim
+        self.counter = counter
 
     @classmethod
-    def open(cls, ctx: Context, version: str, attempts: int = 3) -> MixedSearcher:
+    def open(
+        cls, ctx: Context, version: str, attempts: int = 5, *, counter: AccessCounter | None = None
+    ) -> MixedSearcher:
+        """Snapshot the gallery for ``version`` queries; results are counted into ``counter``."""
         for attempt in range(attempts):
             try:
-                with ctx.transaction() as session:
+                with read_only(ctx) as session:
                     query_version = get_version(session, version)
                     views = _views(ctx, session, query_version)
-                    return cls(ctx, version, views, query_version.dim)
+                    return cls(ctx, version, views, query_version.dim, counter)
             except CorruptArtifactError:
                 # A writer may have replaced the snapshot between our catalog read and the file
                 # read; the catalog is then already newer, so read again.
@@ -144,12 +234,15 @@ class MixedSearcher:
 
     def search(self, queries: torch.Tensor, k: int = 10, policy: str = "score") -> SearchResult:
         q = check_vectors(torch.as_tensor(queries), self.dim, f"{self.version} queries")
-        return search_views(torch.nn.functional.normalize(q, dim=1), self.views, k, policy)
+        result = search_views(torch.nn.functional.normalize(q, dim=1), self.views, k, policy)
+        if self.counter is not None:
+            self.counter.record(result.ids)
+        return result
 
     def external_ids(self, ids: np.ndarray) -> list[list[str | None]]:
         """Map a (Q, k) id array to external ids (None for padding)."""
         wanted = [int(i) for i in np.unique(ids) if i >= 0]
-        with self.ctx.transaction() as session:
+        with read_only(self.ctx) as session:
             names = {
                 row.id: row.external_id
                 for chunk in chunked(wanted, SQL_CHUNK)
@@ -160,7 +253,7 @@ class MixedSearcher:
         return [[names.get(int(i)) for i in row] for row in ids]
 
 
-def _views(ctx: Context, session: Session, query_version) -> list[SpaceView]:
+def _views(ctx: Context, session: Session, query_version: ModelVersion) -> list[SpaceView]:
     views = []
     for space in session.scalars(select(EmbeddingSpace).order_by(EmbeddingSpace.id)):
         allowed = np.array(
@@ -177,7 +270,26 @@ def _views(ctx: Context, session: Session, query_version) -> list[SpaceView]:
         bridge = (
             None
             if native
-            else query_adapter(ctx, session, query_version, space.model_version).serving_form()
+            else query_adapter(ctx, session, query_version, space.model_version).bridge()
         )
-        views.append(SpaceView(space.name, load_store(ctx, space), allowed, bridge))
+        store = _authoritative_part(load_store(ctx, space), allowed, space.name)
+        views.append(SpaceView(space.name, store, allowed, bridge))
     return views
+
+
+def _authoritative_part(store: GalleryStore, allowed: np.ndarray, name: str) -> GalleryStore:
+    """The store itself when it holds exactly ``allowed``, else a compact copy of those vectors."""
+    held = store.ids()
+    missing = np.setdiff1d(allowed, held)
+    if len(missing):
+        raise CorruptArtifactError(
+            f"the index of space {name!r} lacks {len(missing)} of its authoritative items, e.g. "
+            f"{missing[:5].tolist()}",
+            fix="run: hotswap doctor",
+        )
+    if len(held) == len(allowed):
+        return store
+    keep = np.isin(held, allowed)  # (ntotal,) rows of the flat index to copy
+    compact = GalleryStore.create(store.dim)
+    compact.index.add_with_ids(store.index.index.reconstruct_n(0, store.ntotal)[keep], held[keep])
+    return compact

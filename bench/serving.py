@@ -1,0 +1,310 @@
+"""Mixed-version search overhead: a half-migrated 100k gallery against plain FAISS, side by side.
+
+    .venv/bin/python bench/serving.py [--items 100000] [--rounds 7] [--out docs/results/serving.md]
+
+The deployment is real (SQLite catalog, one FAISS file per space, a real migration run moved half
+the gallery): v1 = 128-d, v2 = 256-d, a backward orthogonal adapter 256 -> 128; seeded synthetic
+unit vectors. v2 queries, k=10, batches of 64. Every contender answers the same batches, in rounds
+that interleave the contenders (so drifting load on a shared machine hits all of them alike); the
+figure per contender is the median batch latency over all rounds.
+
+Contenders:
+- hotswap: ``MixedSearcher.search`` (checks, normalisation, bridge, two searches, merge);
+- hotswap, per-batch IDSelector: the same views, filtered per batch with an ``IDSelectorBatch``
+  over the full v1 index (what index/search.py did before it cached the filter per snapshot);
+- plain FAISS 256-d: one ``IndexFlatIP`` over 100k v2 vectors (the gallery after a full re-embed);
+- plain FAISS 128-d: one ``IndexFlatIP`` over the 100k v1 vectors (the gallery before any upgrade);
+- FAISS floor: two plain ``IndexFlatIP`` searches over exactly the vectors the mixed search scans
+  (50k x 128 + 50k x 256), queries already bridged: the FAISS work alone, no hotswap code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from compat.adapters import build_adapter
+from index import galleries, migrate, versions
+from index.context import Context, open_context
+from index.search import MixedSearcher, SpaceView, _authoritative_part, search_views
+from models.encoders import MLPEncoderConfig, build_encoder
+
+OLD_DIM, NEW_DIM, K, BATCH = 128, 256, 10, 64
+TARGET_OVERHEAD = 0.15
+OURS, SELECTOR = "hotswap mixed search", "hotswap, per-batch IDSelector"
+FLOOR, PLAIN_NEW, PLAIN_OLD = "FAISS floor (two halves)", "plain FAISS, 256-d", "plain FAISS, 128-d"
+
+
+def unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def build(root: Path, n: int) -> tuple[Context, np.ndarray, np.ndarray]:
+    """v1 holds n items; a migration moved the first half (insertion order) to v2."""
+    torch.manual_seed(0)
+    ctx = open_context(root, create=True)
+    old, new = unit(n, OLD_DIM, 1), unit(n, NEW_DIM, 2)  # row r = item id r + 1
+    with ctx.transaction() as session:
+        config = MLPEncoderConfig(input_dim=8, hidden_dims=(8,), embed_dim=OLD_DIM)
+        v1 = versions.register_version(ctx, session, "v1", build_encoder("mlp", config))
+        config = MLPEncoderConfig(input_dim=8, hidden_dims=(8,), embed_dim=NEW_DIM)
+        v2 = versions.register_version(ctx, session, "v2", build_encoder("mlp", config))
+        adapter = build_adapter("orthogonal", {"dim_in": NEW_DIM, "dim_out": OLD_DIM})
+        versions.register_adapter(ctx, session, adapter, v2, v1)
+        galleries.create_space(session, v1)
+        galleries.create_space(session, v2)
+    galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(n)], old)
+    run_id = migrate.plan(ctx, "v1", "v2", ordering="insertion")
+    migrate.run(
+        ctx, run_id, lambda ids: torch.from_numpy(new[ids - 1]), wave_size=n // 2, max_waves=1
+    )
+    return ctx, old, new
+
+
+Contender = Callable[[int], object]  # batch number -> (ignored) result
+
+
+def contenders(
+    ctx: Context, old: np.ndarray, new: np.ndarray, batches: list[torch.Tensor]
+) -> dict[str, Contender]:
+    searcher = MixedSearcher.open(ctx, "v2")
+    v1_view, v2_view = searcher.views  # v1: compact (authoritative half), v2: native
+    assert v1_view.bridge is not None
+    half = len(old) // 2
+    with ctx.transaction() as session:
+        full_v1 = galleries.load_store(ctx, galleries.get_space(session, "v1"))
+    selector_views = [SpaceView("v1", full_v1, v1_view.allowed, v1_view.bridge), v2_view]
+    # Baselines get their queries ready-made (bridged where the index is 128-d): FAISS time only.
+    raw = [q.numpy() for q in batches]
+    bridged = [v1_view.bridge(q).numpy() for q in batches]
+    plain_new, plain_old = _flat(new), _flat(old)
+    floor_old, floor_new = _flat(old[half:]), _flat(new[:half])
+    return {
+        OURS: lambda b: searcher.search(batches[b], K),
+        SELECTOR: lambda b: search_views(batches[b], selector_views, K),
+        PLAIN_NEW: lambda b: plain_new.search(raw[b], K),
+        PLAIN_OLD: lambda b: plain_old.search(bridged[b], K),
+        FLOOR: lambda b: (
+            floor_old.search(bridged[b], K),
+            floor_new.search(raw[b], K),
+        ),
+    }
+
+
+def _flat(x: np.ndarray) -> faiss.IndexFlatIP:
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(np.ascontiguousarray(x))
+    return index
+
+
+Samples = dict[str, list[float]]  # contender -> seconds per batch, in the same (round, batch) order
+
+
+def measure(runs: dict[str, Contender], n_batches: int, rounds: int) -> Samples:
+    """Every contender answers every batch, back to back, in an order rotated each round."""
+    times: Samples = {name: [] for name in runs}
+    names = list(runs)
+    for fn in runs.values():  # warm-up: first calls allocate
+        fn(0)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for b in range(n_batches):
+            for name in order:
+                start = time.perf_counter()
+                runs[name](b)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_overhead(ours: list[float], ref: list[float]) -> float:
+    """Median over batches of (ours / reference) - 1: each pair ran back to back, so load that
+    drifts over the run cancels out."""
+    return statistics.median(o / r for o, r in zip(ours, ref, strict=True)) - 1
+
+
+def open_cost(ctx: Context, repeats: int = 3) -> dict[str, float]:
+    """Seconds to open a searcher (catalog read, two file loads with checksums, compaction)."""
+    opened, compacted = [], []
+    with ctx.transaction() as session:
+        full_v1 = galleries.load_store(ctx, galleries.get_space(session, "v1"))
+    allowed = MixedSearcher.open(ctx, "v2").views[0].allowed
+    for _ in range(repeats):
+        start = time.perf_counter()
+        MixedSearcher.open(ctx, "v2")
+        opened.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        _authoritative_part(full_v1, allowed, "v1")
+        compacted.append(time.perf_counter() - start)
+    return {"open": statistics.median(opened), "compact": statistics.median(compacted)}
+
+
+def profile(ctx: Context, batches: list[torch.Tensor], rounds: int) -> dict[str, float]:
+    """Where the mixed search's time goes, median ms per batch for each stage."""
+    searcher = MixedSearcher.open(ctx, "v2")
+    v1_view, v2_view = searcher.views
+    assert v1_view.bridge is not None
+    stages: dict[str, list[float]] = {s: [] for s in ("bridge", "search v1", "search v2", "total")}
+    for _ in range(rounds):
+        for q in batches:
+            t0 = time.perf_counter()
+            bridged = v1_view.bridge(q)
+            t1 = time.perf_counter()
+            v1_view.store.search(bridged.numpy(), K)
+            t2 = time.perf_counter()
+            v2_view.store.search(q.numpy(), K)
+            t3 = time.perf_counter()
+            searcher.search(q, K)
+            t4 = time.perf_counter()
+            for stage, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                stages[stage].append(dt)
+    out = {s: 1e3 * statistics.median(v) for s, v in stages.items()}
+    out["checks + normalise + merge"] = (
+        out["total"] - out["bridge"] - out["search v1"] - out["search v2"]
+    )
+    return out
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    load = (
+        Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    )
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), no GPU; {faiss.omp_get_max_threads()} FAISS / "
+        f"{torch.get_num_threads()} torch threads; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, faiss-cpu {faiss.__version__}; load average at start "
+        f"{' '.join(load)} (the machine is shared)"
+    )
+
+
+def render(
+    args: argparse.Namespace,
+    times: Samples,
+    stages: dict[str, float],
+    opening: dict[str, float],
+    env: str,
+) -> str:
+    ours = times[OURS]
+    rows = []
+    for name, t in times.items():
+        median, best = statistics.median(t), min(t)
+        vs = "" if name == OURS else f"{100 * paired_overhead(ours, t):+.1f}%"
+        rows.append(
+            f"| {name} | {1e3 * median:.1f} | {1e3 * best:.1f} | {BATCH / median:,.0f} | {vs} |"
+        )
+    over = {name: paired_overhead(ours, times[name]) for name in (FLOOR, PLAIN_NEW, PLAIN_OLD)}
+    verdict = {n: "met" if o <= TARGET_OVERHEAD else "missed" for n, o in over.items()}
+    return "\n".join(
+        [
+            "# Serving: mixed-version search overhead",
+            "",
+            f"Command: `.venv/bin/python bench/serving.py --items {args.items} --rounds "
+            f"{args.rounds} --threads {args.threads}`  ",
+            f"Machine: {env}.  ",
+            f"Date: {date.today().isoformat()}.",
+            "",
+            f"Gallery: {args.items:,} items, half migrated by a real run (v1, 128-d, holds all of "
+            f"them, {args.items // 2:,} authoritative; v2, 256-d, holds the other "
+            f"{args.items // 2:,}), backward orthogonal adapter 256 -> 128, seeded unit vectors. "
+            f"Queries: v2, {args.batches} batches of {BATCH}, k={K}, {args.rounds} rounds; in each "
+            "round every contender answers each batch back to back (order rotated per round). "
+            "QPS = 64 / median batch latency. *hotswap vs this* is the median over the "
+            f"{args.batches * args.rounds} batches of hotswap's latency over this contender's on "
+            "the same batch, minus 1 (paired, so the shared machine's drifting load cancels).",
+            "",
+            "| contender | median ms / batch | best ms / batch | QPS | hotswap vs this |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Target: overhead <= {100 * TARGET_OVERHEAD:.0f}% over one plain FAISS search of the "
+            "same 100k items.",
+            "",
+            f"- **{verdict[FLOOR]}** against the FAISS floor, {100 * over[FLOOR]:+.1f}%: the same "
+            "vectors at the same widths, searched by two bare FAISS indexes with queries bridged "
+            "beforehand. This is the cost of hotswap itself (validation, normalisation, bridge "
+            "projection, merge, the id map) and the figure to hold it to.",
+            f"- **{verdict[PLAIN_NEW]}** against one plain 256-d index (the gallery after a full "
+            f"re-embed), {100 * over[PLAIN_NEW]:+.1f}%: half the mixed gallery is 128-d, so mixed "
+            "search scans fewer floats than this baseline.",
+            f"- **{verdict[PLAIN_OLD]}** against one plain 128-d index (the gallery before the "
+            f"upgrade), {100 * over[PLAIN_OLD]:+.1f}%: not a like-for-like overhead, since half "
+            "the mixed gallery is 256-d (twice the floats per item): that is the price of the new "
+            "model's width, with or without hotswap.",
+            "",
+            "Where one mixed batch goes (median ms, measured stage by stage):",
+            "",
+            "| stage | ms |",
+            "|---|---|",
+            *[f"| {s} | {ms:.2f} |" for s, ms in stages.items()],
+            "",
+            "The *per-batch IDSelector* row is what index/search.py did before this change: an "
+            "``IDSelectorBatch`` over the ids v1 answers for, built for every batch, over the full "
+            "v1 index. Building it costs ~2 ms per 50k ids, and FAISS's flat search with a "
+            "selector checks every id of the full index against it and computes the allowed "
+            "inner products vector by vector instead of as one matrix product (an early "
+            "single-run measurement: 50 ms for a 64-query batch over 100k x 128 with half the "
+            "ids allowed, 31 ms over a compact 50k index). index/search.py now applies the "
+            "authority filter "
+            "once per snapshot: a space whose index holds non-authoritative vectors is copied "
+            "into a compact index of its authoritative vectors when the searcher opens (a one-off "
+            "cost per snapshot, paid by the serving pool when a wave commits, plus memory for the "
+            "authoritative part of the source space), and a space holding only authoritative "
+            "vectors is searched as it is. Opening a searcher on this gallery (catalog read, both "
+            f"files read and checksummed, compaction) took {opening['open']:.2f} s, of which "
+            f"{opening['compact']:.2f} s compaction (medians of 3).",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="FAISS and torch threads (0: one per core)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("docs/results/serving.md"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    env = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        ctx, old, new = build(Path(tmp) / "data", args.items)
+        print(f"built the deployment in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        batches = [torch.from_numpy(unit(BATCH, NEW_DIM, 100 + b)) for b in range(args.batches)]
+        times = measure(contenders(ctx, old, new, batches), len(batches), args.rounds)
+        stages = profile(ctx, batches, max(1, args.rounds // 2))
+        opening = open_cost(ctx)
+        ctx.engine.dispose()
+    text = render(args, times, stages, opening, env)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
