@@ -134,3 +134,69 @@ def pause(run: RunId, directory: DataDir = DEFAULT_DIR, database: Database = Non
     typer.echo(
         f"run {run} will pause after its current wave\nnext: hotswap migrate resume {run} ... --yes"
     )
+
+
+@migrate_app.command("cutover")
+def cutover(
+    run: RunId,
+    alias: Annotated[
+        str | None, typer.Option(help="Serving alias to point at the new space.")
+    ] = None,
+    directory: DataDir = DEFAULT_DIR,
+    database: Database = None,
+    yes: Yes = False,
+) -> None:
+    """Make a completed run's target space the one that serves (optionally through an alias)."""
+    from index import migrate
+    from index.context import open_context
+
+    ctx = open_context(directory, database)
+    if not yes:
+        typer.echo(f"dry run: would cut run {run} over; add --yes")
+        return
+    migrate.cutover(ctx, run, alias=alias)
+    typer.echo(f"run {run} cut over\nnext: hotswap status --dir {directory}")
+
+
+@migrate_app.command("rollback")
+def rollback(
+    run: RunId, directory: DataDir = DEFAULT_DIR, database: Database = None, yes: Yes = False
+) -> None:
+    """Hand every migrated item back to the source space (crash-safe, idempotent)."""
+    from index import migrate
+    from index.context import open_context
+
+    ctx = open_context(directory, database)
+    if not yes:
+        typer.echo(f"dry run: would roll run {run} back; add --yes")
+        return
+    moved = migrate.rollback(ctx, run)
+    typer.echo(f"run {run} rolled back: {moved} items answer from the source space again")
+
+
+@app.command(rich_help_panel="Serve and inspect")
+def doctor(
+    repair: Annotated[
+        bool, typer.Option(help="Fix what can be fixed (stale files, ledger).")
+    ] = False,
+    directory: DataDir = DEFAULT_DIR,
+    database: Database = None,
+    as_json: Json = False,
+) -> None:
+    """Check the catalog against the index files; with --repair fix what has a source."""
+    from index.context import open_context
+    from index.doctor import doctor as check
+
+    report = check(open_context(directory, database), repair=repair)
+    lines = [
+        f"{f.severity:<8} {f.check:<14} {f.subject}: {f.message}"
+        + (f" [repaired: {f.repaired}]" if f.repaired else f" ({f.fix})" if f.fix else "")
+        for f in report.findings
+    ]
+    emit(
+        report.to_dict(),
+        as_json,
+        "\n".join(lines + ["clean" if report.clean else "problems remain"]),
+    )
+    if not report.clean:
+        raise typer.Exit(1)

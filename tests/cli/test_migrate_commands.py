@@ -121,3 +121,52 @@ def test_pause_stops_a_run(deployment) -> None:
     )
     # start resumes a paused run: it sets the state back to running before its first wave
     assert spaces(data) == [0, N]
+
+
+def test_cutover_rollback_and_doctor(deployment) -> None:
+    tmp, data = deployment
+    d = ("--dir", str(data))
+    run = json.loads(
+        cli("migrate", "plan", "--from", "v1", "--to", "v2", "--yes", "--json", *d).stdout
+    )["run"]
+    cli(
+        "migrate",
+        "start",
+        str(run),
+        "--vectors",
+        str(tmp / "new.npy"),
+        "--ids",
+        str(tmp / "ids.txt"),
+        "--wave-size",
+        "8",
+        "--limit",
+        "2",
+        "--yes",
+        *d,
+    )
+    assert "dry run" in cli("migrate", "rollback", str(run), *d).stdout
+    assert spaces(data) == [N - 16, 16]
+    assert "16 items" in cli("migrate", "rollback", str(run), "--yes", *d).stdout
+    assert spaces(data) == [N, 0]
+    report = json.loads(cli("doctor", "--json", *d).stdout)
+    assert report["clean"] is True
+    run2 = json.loads(
+        cli("migrate", "plan", "--from", "v1", "--to", "v2", "--yes", "--json", *d).stdout
+    )["run"]
+    cli(
+        "migrate",
+        "start",
+        str(run2),
+        "--vectors",
+        str(tmp / "new.npy"),
+        "--ids",
+        str(tmp / "ids.txt"),
+        "--yes",
+        *d,
+    )
+    cli("migrate", "cutover", str(run2), "--yes", *d)
+    assert "cutover" in cli("migrate", "status", str(run2), *d).stdout
+    (data / "indexes" / "v1.999.faiss").write_bytes(b"junk")  # a snapshot no catalog row points at
+    result = cli("doctor", *d, ok=False)
+    assert result.exit_code == 1 and "v1.999.faiss" in result.stdout
+    assert json.loads(cli("doctor", "--repair", "--json", *d).stdout)["clean"] is True
