@@ -89,8 +89,11 @@ def rollback_child(data_dir: str, url: str | None, run_id: int) -> None:
     migrate.rollback(open_context(Path(data_dir), url), run_id)
 
 
-def query_child(data_dir: str, url: str | None, k: int, stop: Any, results: Any) -> None:
-    """Open a fresh searcher and search, again and again until ``stop``; report every anomaly."""
+def query_child(
+    data_dir: str, url: str | None, k: int, stop: Any, results: Any, searched: Any
+) -> None:
+    """Open a fresh searcher and search, again and again until ``stop``; report every anomaly.
+    ``searched`` (a shared counter) lets the migrating parent see the reader's progress."""
     ctx = open_context(Path(data_dir), url)
     queries = torch.from_numpy(unit_vectors(4, NEW_DIM, seed=6))
     summary: dict[str, Any] = {"searches": 0, "failures": [], "bad_rows": 0, "v2_counts": []}
@@ -101,6 +104,8 @@ def query_child(data_dir: str, url: str | None, k: int, stop: Any, results: Any)
             summary["failures"].append(traceback.format_exc(limit=3))
             continue
         summary["searches"] += 1
+        with searched.get_lock():
+            searched.value += 1
         for ids in result.ids:
             if len(set(ids.tolist()) - {-1}) != k:  # each item once, none missing
                 summary["bad_rows"] += 1
