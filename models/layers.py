@@ -108,10 +108,10 @@ class StructuredLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _operands(self, rows: int) -> tuple[Tensor, ...]:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each registered structured layer defines its own
 
     def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each registered structured layer defines its own
 
     def _linear_part(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
         """(B, in_features) -> (B, out_features), no bias: pad, multiply, crop."""
