@@ -25,7 +25,7 @@ $(VENV)/.core: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
-	$(BIN)/python -m pip install -q -e '.[dev,postgres,serve,pretrained,triton]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,serve,pretrained,triton,scale,parquet]'
 	touch $@
 
 # Fashion-MNIST from Debian (no network beyond the package mirrors); the demo falls back to the
