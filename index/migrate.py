@@ -21,15 +21,16 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from typing import Protocol, runtime_checkable
 
 import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sqlalchemy import delete, func, insert, literal, select, true, update
+from sqlalchemy import Select, delete, func, insert, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from compat.vectors import check_vectors
@@ -61,6 +62,7 @@ from models.registry import Registry
 
 Reembed = Callable[[np.ndarray], torch.Tensor]  # item ids (n,) -> new-model vectors (n, d_new)
 Score = Callable[[np.ndarray], np.ndarray | torch.Tensor]  # item ids (n,) -> uncertainty (n,)
+Waves = Generator[tuple[np.ndarray, torch.Tensor], None, None]  # (ids (n,), vectors (n, d_new))
 ACTIVE = ("planned", "running", "paused")
 KMEANS_MIN_POINTS = 39  # faiss warns below 39 training points per centroid
 
@@ -311,10 +313,24 @@ class _TargetCache:
         return self.store
 
 
+@runtime_checkable
+class Engine(Protocol):
+    """Where a run's new-model vectors come from: waves of pending items in ledger order.
+
+    ``waves`` yields ``(ids (n,) int64, vectors (n, d_new))`` for the next pending items in
+    priority order, at most ``size`` per wave and ``limit`` waves, re-reading the ledger as it
+    goes. :func:`run` commits each wave before asking for the next and closes the iterator when
+    the run stops (pause, rollback, limit): an engine never touches the index or the ledger, so
+    every engine shares one commit path and its crash safety.
+    """
+
+    def waves(self, ctx: Context, run_id: int, size: int, limit: int | None) -> Waves: ...
+
+
 def run(
     ctx: Context,
     run_id: int,
-    reembed: Reembed,
+    reembed: Reembed | Engine,
     *,
     wave_size: int | None = None,
     max_waves: int | None = None,
@@ -325,52 +341,63 @@ def run(
     or rolled back. A run left ``running`` by a crash, or ``paused``, continues where it stopped;
     running a completed run again changes nothing.
 
-    With ``prefetch`` the next wave is re-embedded while the current one commits (SQL, snapshot
-    write, fsync), in one worker thread: ``reembed`` is called from that thread, never twice at
-    once. A pause or rollback drops the wave being encoded; a resume redoes it.
+    ``reembed`` is a callable (item ids -> vectors, run by :class:`LocalEngine`) or an
+    :class:`Engine` (e.g. index.ray_engine.RayEngine); ``prefetch`` applies to a callable.
     """
     started = _start(ctx, run_id)
     if started is None:
         return _final_report(ctx, run_id)
     size = wave_size or _run_wave_size(ctx, run_id)
-    if not prefetch:
-        return _waves(
-            ctx, run_id, lambda ids: lambda: reembed(ids), size, max_waves, on_wave, started
-        )
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hotswap-reembed") as pool:
-        encode = lambda ids: pool.submit(reembed, ids).result  # noqa: E731
-        return _waves(ctx, run_id, encode, size, max_waves, on_wave, started)
+    engine = reembed if isinstance(reembed, Engine) else LocalEngine(reembed, prefetch=prefetch)
+    dim, cache, report = _target_dim(ctx, run_id), _TargetCache(), started
+    with closing(engine.waves(ctx, run_id, size, max_waves)) as waves:
+        for ids, vectors in waves:
+            committed = _commit_wave(ctx, run_id, ids, _checked(vectors, ids, dim), cache)
+            if committed is None:  # paused or rolled back meanwhile
+                break
+            report = committed
+            if on_wave:
+                on_wave(report)
+    _complete_if_done(ctx, run_id)
+    return report
 
 
 Encoding = Callable[[], torch.Tensor]  # waits for (or computes) one wave's vectors
 
 
-def _waves(
-    ctx: Context,
-    run_id: int,
-    encode: Callable[[np.ndarray], Encoding],
-    size: int,
-    max_waves: int | None,
-    on_wave: Callable[[WaveReport], None] | None,
-    report: WaveReport,
-) -> WaveReport:
-    cache, waves = _TargetCache(), 0
-    picked = _next_ids(ctx, run_id, size)
-    pending = encode(picked[0]) if picked is not None and len(picked[0]) else None
-    while picked is not None and pending is not None:
-        ids, dim = picked
-        vectors = _checked(pending(), ids, dim)
-        more = max_waves is None or waves + 1 < max_waves
-        picked = _next_ids(ctx, run_id, size, exclude=ids) if more else None
-        pending = encode(picked[0]) if picked is not None and len(picked[0]) else None
-        committed = _commit_wave(ctx, run_id, ids, vectors, cache)
-        if committed is None:  # paused or rolled back meanwhile
-            break
-        report, waves = committed, waves + 1
-        if on_wave:
-            on_wave(report)
-    _complete_if_done(ctx, run_id)
-    return report
+@dataclasses.dataclass(frozen=True)
+class LocalEngine:
+    """Re-embed in this process. With ``prefetch`` the next wave is re-embedded while the current
+    one commits (SQL, snapshot write, fsync), in one worker thread: ``reembed`` is called from that
+    thread, never twice at once. A pause or rollback drops the wave being encoded."""
+
+    reembed: Reembed
+    prefetch: bool = True
+
+    def waves(self, ctx: Context, run_id: int, size: int, limit: int | None) -> Waves:
+        if not self.prefetch:
+            yield from self._waves(ctx, run_id, size, limit, lambda ids: lambda: self.reembed(ids))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hotswap-reembed") as pool:
+            encode = lambda ids: pool.submit(self.reembed, ids).result  # noqa: E731
+            yield from self._waves(ctx, run_id, size, limit, encode)
+
+    @staticmethod
+    def _waves(
+        ctx: Context,
+        run_id: int,
+        size: int,
+        limit: int | None,
+        encode: Callable[[np.ndarray], Encoding],
+    ) -> Waves:
+        picked, waves = _next_ids(ctx, run_id, size), 0
+        pending = encode(picked) if picked is not None and len(picked) else None
+        while picked is not None and pending is not None:
+            ids, vectors, waves = picked, pending(), waves + 1
+            more = limit is None or waves < limit
+            picked = _next_ids(ctx, run_id, size, exclude=ids) if more else None
+            pending = encode(picked) if picked is not None and len(picked) else None
+            yield ids, vectors  # committed by run() while the next wave encodes
 
 
 def _checked(vectors: torch.Tensor, ids: np.ndarray, dim: int) -> torch.Tensor:
@@ -380,26 +407,34 @@ def _checked(vectors: torch.Tensor, ids: np.ndarray, dim: int) -> torch.Tensor:
     return x
 
 
+def pending_tasks(run_id: int) -> Select[int]:
+    """The run's pending items in migration order, the one order every engine follows.
+
+    Ties by task id, which plan() assigns in item id order: unlike item_id, it is in the
+    (run_id, state, priority) index (as SQLite's rowid), so no sort per wave."""
+    return (
+        select(BackfillTask.item_id)
+        .where(BackfillTask.run_id == run_id, BackfillTask.state == "pending")
+        .order_by(BackfillTask.priority, BackfillTask.id)
+    )
+
+
 def _next_ids(
     ctx: Context, run_id: int, size: int, exclude: np.ndarray | None = None
-) -> tuple[np.ndarray, int] | None:
+) -> np.ndarray | None:
     """The next ``size`` pending items in priority order (skipping ``exclude``, a wave not yet
-    committed) and the target width; None once the run is no longer running."""
+    committed); None once the run is no longer running."""
     skip = set() if exclude is None else set(exclude.tolist())
     with read_only(ctx) as session:
-        run_row = _run(session, run_id)
-        if run_row.state != "running":
+        if _run(session, run_id).state != "running":
             return None
-        ids = session.scalars(
-            select(BackfillTask.item_id)
-            .where(BackfillTask.run_id == run_id, BackfillTask.state == "pending")
-            # Ties by task id, which plan() assigns in item id order: unlike item_id, it is in
-            # the (run_id, state, priority) index (as SQLite's rowid), so no sort per wave.
-            .order_by(BackfillTask.priority, BackfillTask.id)
-            .limit(size + len(skip))
-        ).all()
-        dim = _space(session, run_row.target_space_id).model_version.dim
-    return np.array([i for i in ids if i not in skip][:size], dtype=np.int64), dim
+        ids = session.scalars(pending_tasks(run_id).limit(size + len(skip))).all()
+    return np.array([i for i in ids if i not in skip][:size], dtype=np.int64)
+
+
+def _target_dim(ctx: Context, run_id: int) -> int:
+    with read_only(ctx) as session:
+        return _space(session, _run(session, run_id).target_space_id).model_version.dim
 
 
 def _commit_wave(
