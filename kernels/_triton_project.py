@@ -4,7 +4,8 @@ The only module of hotswap that imports triton; ``kernels.project`` imports it l
 Triton path only. The specification is ``kernels.project.project_ref``.
 
 Each program owns BLOCK_M full output rows: BLOCK_N = next_power_of_2(d_out) (masked) so that the
-L2 norm of a row can be taken in the epilogue without a second pass, hence d_out <= 2048.
+L2 norm (and the int8 scale, max|row|) of a row can be taken in the epilogue without a second pass,
+hence d_out <= 2048.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from kernels.errors import InvalidInputError
 from kernels.optional import require
-from kernels.project import EPS, TRITON_DTYPES, TRITON_MAX_D_OUT
+from kernels.project import EPS, INT8_MAX, TRITON_DTYPES, TRITON_MAX_D_OUT
 
 triton = require("triton", "triton")
 tl = require("triton.language", "triton")
@@ -58,11 +59,35 @@ def _accumulate(
 
 
 @triton.jit
+def _round_half_even(v):
+    """Round fp32 to the nearest integer, ties to even (``torch.round``), as fp32.
+
+    Casting to int truncates and libdevice's rint has no interpreter fallback, hence floor + fix-up.
+    """
+    r = tl.floor(v + 0.5)
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    return tl.where(((r - v) == 0.5) & odd, r - 1.0, r)
+
+
+@triton.jit
+def _quantize_rows(acc, s_ptr, rows, row_ok, QMAX: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) fp32 -> int8-valued fp32; stores scales (BLOCK_M,). Spec: quantize_rows."""
+    amax = tl.max(tl.abs(acc), axis=1)  # masked columns hold zeros: they never raise the max
+    qmax = tl.full(amax.shape, QMAX, tl.float32)
+    # div_rn: IEEE-rounded like torch (plain `/` is approximate on GPU); a zero row divides by 1
+    inv = tl.where(amax > 0.0, tl.math.div_rn(qmax, tl.where(amax > 0.0, amax, 1.0)), 0.0)
+    tl.store(s_ptr + rows, tl.math.div_rn(amax, qmax), mask=row_ok)
+    q = _round_half_even(acc * inv[:, None])
+    return tl.minimum(tl.maximum(q, -QMAX), QMAX)
+
+
+@triton.jit
 def _project_kernel(
     x_ptr,
     w_ptr,
     b_ptr,
     y_ptr,
+    s_ptr,
     n_rows,
     d_in,
     d_out,
@@ -74,6 +99,7 @@ def _project_kernel(
     stride_yn,
     HAS_BIAS: tl.constexpr,
     NORMALIZE: tl.constexpr,
+    QUANTIZE: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     EPSILON: tl.constexpr,
@@ -81,7 +107,10 @@ def _project_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """y[rows] = normalize(x[rows] @ w + b): (BLOCK_M, d_in) -> (BLOCK_M, d_out), one program."""
+    """y[rows] = normalize(x[rows] @ w + b): (BLOCK_M, d_in) -> (BLOCK_M, d_out), one program.
+
+    With QUANTIZE, y is int8 and s[rows] receives the per-row scales (``s_ptr`` unused otherwise).
+    """
     # int64 offsets: a gallery of 1e7 x 768 already overflows int32 element offsets
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -108,6 +137,8 @@ def _project_kernel(
     if NORMALIZE:  # masked columns hold exact zeros, so they do not change the norm
         norm = tl.sqrt(tl.sum(acc * acc, axis=1))  # (BLOCK_M,)
         acc = acc / tl.maximum(norm, EPSILON)[:, None]
+    if QUANTIZE:
+        acc = _quantize_rows(acc, s_ptr, rows, rows < n_rows, INT8_MAX)
     mask = (rows < n_rows)[:, None] & (cols < d_out)[None, :]
     y = y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)
@@ -153,10 +184,34 @@ def project_triton(
     Inputs are assumed validated by ``kernels.project``; no copies, any strides. Forward only.
     """
     _check_domain(x, weight, out_dtype)
+    y = torch.empty((x.shape[0], weight.shape[1]), dtype=out_dtype, device=x.device)
+    _launch(x, weight, bias, normalize, y, None)
+    return y
+
+
+def project_int8_triton(
+    x: Tensor, weight: Tensor, bias: Tensor | None, normalize: bool
+) -> tuple[Tensor, Tensor]:
+    """The int8 epilogue: (N, d_in) -> values (N, d_out) int8, scales (N,) fp32 (see quantize_rows)."""
+    _check_domain(x, weight, torch.float32)
+    y = torch.empty((x.shape[0], weight.shape[1]), dtype=torch.int8, device=x.device)
+    scales = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)  # stays 0 when d_out=0
+    _launch(x, weight, bias, normalize, y, scales)
+    return y, scales
+
+
+def _launch(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    normalize: bool,
+    y: Tensor,
+    scales: Tensor | None,
+) -> None:
+    """Fill ``y`` (N, d_out) [and ``scales`` (N,) when quantizing] from one kernel launch."""
     (n_rows, d_in), d_out = x.shape, weight.shape[1]
-    y = torch.empty((n_rows, d_out), dtype=out_dtype, device=x.device)
     if n_rows == 0 or d_out == 0:
-        return y
+        return
     upcast = x.dtype != weight.dtype
     fp32_dot = upcast or x.dtype == torch.float32
     cfg = _config(d_out, 4 if upcast else x.element_size())
@@ -167,6 +222,7 @@ def project_triton(
             weight,
             weight if bias is None else bias,
             y,
+            y if scales is None else scales,
             n_rows,
             d_in,
             d_out,
@@ -178,9 +234,9 @@ def project_triton(
             y.stride(1),
             HAS_BIAS=bias is not None,
             NORMALIZE=normalize,
+            QUANTIZE=scales is not None,
             UPCAST=upcast,
             PRECISION="ieee" if fp32_dot else None,
             EPSILON=EPS,
             **cfg,
         )
-    return y

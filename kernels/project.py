@@ -5,13 +5,21 @@ it validates once, then runs the CPU-tuned torch path or the fused Triton kernel
 (``kernels._triton_project``), as ``kernels.dispatch.backend`` decides.
 
 ``weight`` is (d_in, d_out), i.e. ``x @ weight``: the transpose of ``nn.Linear.weight``.
+``project_int8`` is the same op with a symmetric per-row int8 output (:class:`Int8Rows`): half the
+bytes of fp16 for a gallery held in memory, dequantized by one multiply per row.
+
+The normalize epilogue is asked for, never inferred: an isometric map (orthonormal columns, no
+bias) sends unit rows to unit rows, so its serving form passes ``normalize=False`` and the epilogue
+is skipped (compat's ``ServingForm``; kernels.md section 3).
+
 Inputs are not scanned for NaN/Inf here: callers check once at the boundary (a scan per call
-would cost a full extra pass over the data).
+would cost a full extra pass over the data). NaN/Inf inputs give unspecified (but finite-time) output.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +33,34 @@ EPS = 1e-12
 # BLOCK_N = next_power_of_2(d_out) must stay within what registers/shared memory can hold.
 TRITON_MAX_D_OUT = 2048
 TRITON_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+INT8_MAX = 127  # symmetric: -128 is never produced, so negation stays in range
+
+
+class Int8Rows(NamedTuple):
+    """Symmetric per-row int8 rows: ``row i ~= values[i] * scales[i]``.
+
+    ``values`` (N, d) int8 in [-127, 127]; ``scales`` (N,) fp32 = max|row| / 127 (0 for a zero row).
+    """
+
+    values: Tensor
+    scales: Tensor
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """(N, d) int8 * (N, 1) -> (N, d) in ``dtype``."""
+        return self.values.to(dtype) * self.scales.to(dtype)[:, None]
+
+
+def quantize_rows(y: Tensor) -> Int8Rows:
+    """The int8 specification: (N, d) float -> :class:`Int8Rows`, computed in fp32.
+
+    ``q = round_half_even(y * (127 / amax))`` clamped to [-127, 127], ``scale = amax / 127`` with
+    ``amax = max|y[i]|``; the Triton epilogue performs the same fp32 operations in the same order.
+    """
+    y = _as(y, torch.float32)
+    amax = y.abs().amax(dim=1) if y.shape[1] else y.new_zeros(y.shape[0])  # (N,)
+    inv = torch.where(amax > 0, INT8_MAX / amax, 0.0)  # 127/0 = inf is computed, then discarded
+    q = torch.round(y * inv[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return Int8Rows(q, amax / INT8_MAX)
 
 
 def _check_inputs(
@@ -46,7 +82,10 @@ def _check_dtypes(
     if out_dtype is not None and not (
         isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point
     ):
-        raise InvalidInputError(f"out_dtype must be a floating torch.dtype, got {out_dtype!r}")
+        raise InvalidInputError(
+            f"out_dtype must be a floating torch.dtype, got {out_dtype!r}",
+            fix="for int8 rows with per-row scales use kernels.project_int8",
+        )
 
 
 def _check_shapes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
@@ -156,6 +195,14 @@ def _launch_triton(
     return project_triton(x, weight, bias, normalize, out_dtype)
 
 
+def _launch_triton_int8(
+    x: Tensor, weight: Tensor, bias: Tensor | None, normalize: bool
+) -> Int8Rows:
+    from kernels._triton_project import project_int8_triton  # imports triton: only on this path
+
+    return Int8Rows(*project_int8_triton(x, weight, bias, normalize))
+
+
 def project(
     x: Tensor,
     weight: Tensor,
@@ -175,3 +222,25 @@ def project(
     if backend(x.device) == "triton" and _kernel_takes(x, weight, bias, out_dtype):
         return _launch_triton(x, weight, bias, normalize, out_dtype)
     return _project_torch(x, weight, bias, normalize, out_dtype)
+
+
+def project_int8_ref(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, normalize: bool = False
+) -> Int8Rows:
+    """The specification: ``quantize_rows`` of the fp32 ``project_ref``; (N, d_in) -> (N, d_out)."""
+    return quantize_rows(project_ref(x, weight, bias, normalize=normalize, out_dtype=torch.float32))
+
+
+def project_int8(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, normalize: bool = False
+) -> Int8Rows:
+    """``project`` with a symmetric per-row int8 output: (N, d_in) -> values (N, d_out), scales (N,).
+
+    The Triton kernel quantizes in its epilogue (the fp32 rows never reach memory); the torch path
+    projects to fp32 and then quantizes. Never differentiable (int8 has no gradient).
+    """
+    _check_inputs(x, weight, bias, None)
+    with torch.no_grad():
+        if backend(x.device) == "triton" and _kernel_takes(x, weight, bias, torch.float32):
+            return _launch_triton_int8(x, weight, bias, normalize)
+        return quantize_rows(_project_torch(x, weight, bias, normalize, torch.float32))

@@ -281,3 +281,90 @@ def test_triton_domain(triton_on: list[int]) -> None:
         project_triton(xd, wd, None, False, torch.float64)
     assert project(xd, wd).dtype == torch.float64
     assert triton_on == []
+
+
+# --- int8 output ---------------------------------------------------------------------------------
+
+
+def test_quantize_rows_hand_checked() -> None:
+    y = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [2.54, 1.27, -0.635]])
+    q, s = project_mod.quantize_rows(y)
+    assert q.dtype == torch.int8 and s.dtype == torch.float32
+    # row 0: amax 1 -> 127 * (0.5, -1, 0.25) = (63.5 -> 64 (ties to even), -127, 31.75 -> 32)
+    assert q[0].tolist() == [64, -127, 32]
+    assert q[1].tolist() == [0, 0, 0] and s[1].item() == 0.0
+    assert q[2].tolist() == [127, 64, -32]  # 63.5 and -31.75 after scaling by 127 / 2.54
+    torch.testing.assert_close(s, torch.tensor([1.0, 0.0, 2.54]) / 127)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_int8_ref_error_is_half_a_step(normalize: bool, dtype: torch.dtype) -> None:
+    x, w, b = _data(50, 40, 33, dtype)
+    rows = project_mod.project_int8_ref(x, w, b, normalize=normalize)
+    y = _fp64(x, w, b, normalize)
+    assert rows.values.shape == (50, 33) and rows.scales.shape == (50,)
+    assert rows.values.abs().amax(dim=1).eq(127).all()  # the max element of each row uses the range
+    step = rows.scales.double()[:, None]
+    # rounding error <= half a quantization step (+ the fp32 rounding of the projection itself)
+    assert ((rows.dequantize(torch.float64) - y).abs() <= 0.5 * step + 1e-5).all()
+
+
+@pytest.mark.parametrize("n", [1, 37, 1000])
+def test_int8_torch_path_equals_ref(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    monkeypatch.setenv("HOTSWAP_KERNELS", "torch")
+    x, w, b = _data(n, 64, 23, seed=n)
+    x[0] = 0  # a zero row: scale 0, values 0, no division by zero
+    q, s = project_mod.project_int8(x, w, None, normalize=True)
+    q_ref, s_ref = project_mod.project_int8_ref(x, w, None, normalize=True)
+    assert s[0] == 0 and torch.all(q[0] == 0)
+    torch.testing.assert_close(s, s_ref)
+    # the torch path's addmm/matmul may round differently from the reference: at most one step
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+    q_b, _ = project_mod.project_int8(x, w, b, normalize=False)
+    assert q_b.dtype == torch.int8 and q_b.shape == (n, 23)
+
+
+def test_int8_never_tracks_gradients() -> None:
+    x, w, b = _data(4, 8, 5)
+    rows = project_mod.project_int8(x, w.requires_grad_(), b, normalize=True)
+    assert not rows.values.requires_grad and not rows.scales.requires_grad
+
+
+def test_int8_bad_input_raises() -> None:
+    x, w, _ = _data(3, 8, 5)
+    with pytest.raises(InvalidInputError, match="d_in=8.*d_in=9"):
+        project_mod.project_int8(x, torch.zeros(9, 5))
+    with pytest.raises(InvalidInputError, match="project_int8"):
+        project(x, w, out_dtype=torch.int8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("bias", "normalize"), [(False, True), (True, False)])
+@pytest.mark.parametrize(("n", "d_in", "d_out"), [(37, 50, 23), (1, 33, 70)])
+def test_triton_int8_epilogue(
+    monkeypatch: pytest.MonkeyPatch,
+    triton_on: list[int],
+    n: int,
+    d_in: int,
+    d_out: int,
+    bias: bool,
+    normalize: bool,
+    dtype: torch.dtype,
+) -> None:
+    """Scales by the precision rule; values within one step of the reference's (rounding ties)."""
+    launches: list[int] = []
+    real = project_mod._launch_triton_int8
+    monkeypatch.setattr(
+        project_mod, "_launch_triton_int8", lambda *a: launches.append(1) or real(*a)
+    )
+    x, w, b = _data(n, d_in, d_out, dtype, bias, seed=n + d_out)
+    x[0] = 0
+    q, s = project_mod.project_int8(x, w, b, normalize=normalize)
+    q_ref, s_ref = project_mod.project_int8_ref(x, w, b, normalize=normalize)
+    assert launches == [1] and q.dtype == torch.int8 and q.shape == (n, d_out)
+    amax64 = _fp64(x, w, b, normalize).abs().amax(dim=1)
+    ref_err = (s_ref.double() * 127 - amax64).abs().max().item()
+    assert (s.double() * 127 - amax64).abs().max().item() <= 2 * ref_err + ATOL[dtype]
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+    assert (q.int() != q_ref.int()).float().mean() < 0.01  # only rare near-ties may differ
