@@ -117,7 +117,9 @@ class EmbeddingSpace(Base):
     id: Mapped[intpk]
     name: Mapped[str] = mapped_column(unique=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+    # The store kind (a key of index.store.STORE_KINDS) and its config as JSON, e.g. IVF nprobe.
     index_factory: Mapped[str] = mapped_column(default="Flat", server_default="Flat")
+    index_params: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     index_path: Mapped[str | None]  # relative to the data directory, so the directory can move
     checksum: Mapped[sha256]
     ntotal: Mapped[count]

@@ -177,3 +177,33 @@ def test_offline_mode_renders_postgresql_sql(capsys: pytest.CaptureFixture[str])
     assert "CREATE UNIQUE INDEX ix_item_embedding_one_authoritative" in sql
     assert "WHERE authoritative" in sql
     assert "DROP TABLE" not in sql
+
+
+def test_0003_keeps_existing_spaces_and_their_rows(engine: Engine) -> None:
+    """Adding index_params must not rebuild embedding_space: on SQLite that DROP would cascade
+    into item_embedding."""
+    db.upgrade(engine, "0002")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO model_version (id, name, encoder_key, config_json, dim) "
+            "VALUES (1, 'v1', 'mlp', '{}', 4)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO embedding_space (id, name, model_version_id) VALUES (1, 'v1', 1)"
+        )
+        connection.exec_driver_sql("INSERT INTO item (id, external_id) VALUES (7, 'a')")
+        connection.exec_driver_sql(
+            "INSERT INTO item_embedding (item_id, space_id, produced_by, authoritative) "
+            "VALUES (7, 1, 'native', true)"
+        )
+    db.upgrade(engine)
+    with engine.connect() as connection:
+        row = connection.exec_driver_sql(
+            "SELECT index_factory, index_params FROM embedding_space"
+        ).one()
+        kept = connection.exec_driver_sql("SELECT count(*) FROM item_embedding").scalar_one()
+    assert tuple(row) == ("Flat", "{}") and kept == 1
+    db.downgrade(engine, "0002")
+    assert "index_params" not in {c["name"] for c in inspect(engine).get_columns("embedding_space")}
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM item_embedding").scalar_one() == 1
