@@ -8,12 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.config import ConfigGroup
+
 app = typer.Typer(
     name="hotswap",
     help="Upgrade the embedding model of a retrieval system without waiting for a backfill.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=ConfigGroup,
 )
 db_app = typer.Typer(
     help="The catalog database: its schema version and migrations.", no_args_is_help=True
@@ -33,16 +36,37 @@ Database = Annotated[
         envvar="HOTSWAP_DATABASE",
     ),
 ]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
+Json = Annotated[
+    bool,
+    typer.Option("--json", help="Print JSON on stdout instead of text.", envvar="HOTSWAP_JSON"),
+]
 DEFAULT_DIR = Path("hotswap-data")
 state = {"debug": False}
 
 
 @app.callback()
 def _options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show full tracebacks on errors.", envvar="HOTSWAP_DEBUG"),
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Config file (default: hotswap.toml in the data directory, else in the "
+            "current directory). Its values rank below HOTSWAP_* variables and flags.",
+            envvar="HOTSWAP_CONFIG",
+        ),
+    ] = None,
 ) -> None:
-    state["debug"] = debug
+    from cli.config import apply
+
+    state["debug"] = debug  # set first: a bad config file's error then honours --debug
+    root = apply(ctx, config)
+    if getattr(ctx.get_parameter_source("debug"), "name", None) == "DEFAULT":
+        state["debug"] = bool(root.get("debug", False))
 
 
 def emit(result: Any, as_json: bool, text: str) -> None:
