@@ -1,0 +1,286 @@
+"""Monarch / block-diagonal projection ``y = normalize(crop(P_out B2 P_mid B1 pad(x)) + b)``.
+
+The structured counterpart of :mod:`kernels.project`, and the one implementation of the
+Monarch product in hotswap (``models.layers`` and the orthogonal Monarch adapter run it):
+
+- ``project_monarch_ref``: the specification (pure torch, einsum, fp32 accumulation);
+- :class:`MonarchMap` + ``prepare_monarch``: the factors validated once and laid out for the CPU
+  torch path (a layer or a serving form holds one instead of re-laying its weights per call);
+- ``apply_monarch``: the public dispatching op on a prepared map (torch path or the fused Triton
+  kernel of ``kernels._triton_monarch``, as ``kernels.dispatch.backend`` decides);
+- ``project_monarch``: the same from raw factors, in one call.
+
+Layout (the k, q, p / l, s, r names of research/kernels.md): w1 (k, q, p), w2 (l, s, r) with
+l*r == k*q. x (N, d_in) is zero-padded to k*p, cut into k blocks of p, block i maps through
+w1[i] (q, p); the (k*q) result read as an (r, l) grid and transposed (the stride permutation)
+gives l blocks of r, block j maps through w2[j] (s, r); the (l, s) result is transposed again to
+(s, l) and cropped to d_out. Without w2 the map is block-diagonal: (k*q) cropped to d_out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kernels.dispatch import backend
+from kernels.errors import InvalidInputError
+from kernels.project import EPS, _as, _check_devices, _check_dtypes, _compute_dtype, _normalize_
+
+# Rows per chunk on CPU. Unchunked Monarch at B=16384 is slower than dense: the permutation
+# copies fall out of cache; 512-2048 rows per chunk keeps the 2-3x gain (kernels.md section 2).
+CPU_CHUNK_ROWS = 1024
+TRITON_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class MonarchMap:
+    """Validated factors plus their torch-path layouts. Build with :func:`prepare_monarch`.
+
+    ``w1t`` (k, p, q) and ``w2t`` (l, r, s) are the factors transposed and contiguous in the
+    compute dtype (CPU bmm copies a transposed weight block by block on every call otherwise);
+    ``bias_t`` is the bias padded and laid out as the second bmm's output, (l, 1, s), or (k, 1, q)
+    without w2, so that ``baddbmm`` adds it for free. Built with autograd on, they stay
+    differentiable functions of the factors (training goes through the same path).
+    """
+
+    w1: Tensor  # (k, q, p), as given (the Triton kernel reads any strides)
+    w2: Tensor | None  # (l, s, r)
+    bias: Tensor | None  # (d_out,)
+    d_out: int
+    w1t: Tensor  # (k, p, q)
+    w2t: Tensor | None  # (l, r, s)
+    bias_t: Tensor | None  # (l, 1, s) or (k, 1, q)
+
+    @property
+    def d_in_padded(self) -> int:
+        return self.w1.shape[0] * self.w1.shape[2]
+
+    @property
+    def d_out_padded(self) -> int:
+        if self.w2 is None:
+            return self.w1.shape[0] * self.w1.shape[1]
+        return self.w2.shape[0] * self.w2.shape[1]
+
+
+def _check_factors(w1: Tensor, w2: Tensor | None, bias: Tensor | None, d_out: int | None) -> int:
+    """Shapes of the factors; returns the validated output width."""
+    if w1.dim() != 3 or (w2 is not None and w2.dim() != 3):
+        shapes = f"w1 {tuple(w1.shape)}" + ("" if w2 is None else f", w2 {tuple(w2.shape)}")
+        raise InvalidInputError(
+            f"Monarch factors must be (k, q, p) and (l, s, r) block stacks; got {shapes}"
+        )
+    k, q, _ = w1.shape
+    full = k * q
+    if w2 is not None:
+        l, s, r = w2.shape  # noqa: E741 (the names of kernels.md)
+        if l * r != k * q:
+            raise InvalidInputError(
+                f"w1 {tuple(w1.shape)} gives k*q={k * q} middle features but w2 "
+                f"{tuple(w2.shape)} reads l*r={l * r}",
+                fix="choose l, r with l*r == k*q (MonarchLinear uses l=k, r=q)",
+            )
+        full = l * s
+    d_out = full if d_out is None else d_out
+    if not 0 < d_out <= full:
+        raise InvalidInputError(f"d_out={d_out} must be in [1, {full}] for these factors")
+    if bias is not None and tuple(bias.shape) != (d_out,):
+        raise InvalidInputError(f"bias must be (d_out,)=({d_out},), got {tuple(bias.shape)}")
+    return d_out
+
+
+def prepare_monarch(
+    w1: Tensor, w2: Tensor | None = None, bias: Tensor | None = None, *, d_out: int | None = None
+) -> MonarchMap:
+    """Validate the factors and lay them out for the torch path (two small copies of the weights).
+
+    w1 (k, q, p), w2 (l, s, r) or None (block-diagonal), bias (d_out,); d_out defaults to the full
+    output width (l*s, or k*q without w2). Cheap next to one batch; hold on to the result.
+    """
+    _check_dtypes(w1, w1, bias, None)
+    if w2 is not None:
+        _check_dtypes(w2, w2, None, None)
+        _check_devices(w1, w2, None)
+    _check_devices(w1, w1, bias)
+    d_out = _check_factors(w1, w2, bias, d_out)
+    ct = _compute_dtype(w1, w1 if w2 is None else w2)
+    w1t = _as(w1, ct).transpose(1, 2).contiguous()
+    w2t = None if w2 is None else _as(w2, ct).transpose(1, 2).contiguous()
+    bias_t = None
+    if bias is not None:
+        # laid out as the last bmm's output: (l, B, s) is the (s, l) output grid transposed;
+        # blocks alone give (k, B, q), the natural order
+        k, q, _ = w1.shape
+        full = k * q if w2 is None else w2.shape[0] * w2.shape[1]
+        padded = F.pad(_as(bias, ct), (0, full - d_out))
+        if w2 is None:
+            bias_t = padded.view(k, 1, q)
+        else:
+            l, s, _ = w2.shape  # noqa: E741
+            bias_t = padded.view(s, l).t().unsqueeze(1).contiguous()
+    return MonarchMap(w1=w1, w2=w2, bias=bias, d_out=d_out, w1t=w1t, w2t=w2t, bias_t=bias_t)
+
+
+def _check_x(x: Tensor, m: MonarchMap, out_dtype: torch.dtype | None) -> None:
+    _check_dtypes(x, m.w1, None, out_dtype)
+    _check_devices(x, m.w1, None)
+    if x.dim() != 2 or not 0 < x.shape[1] <= m.d_in_padded:
+        raise InvalidInputError(
+            f"x must be (N, d_in) with 0 < d_in <= k*p={m.d_in_padded} for w1 "
+            f"{tuple(m.w1.shape)}; got x {tuple(x.shape)}",
+            fix="batch single vectors as x[None, :]",
+        )
+
+
+def project_monarch_ref(
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    d_out: int | None = None,
+    normalize: bool = False,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """The specification: (N, d_in) -> (N, d_out), fp32 (or wider) accumulation, differentiable.
+
+    Rows are L2-normalized (eps 1e-12) after the bias when ``normalize``; the result is cast to
+    ``out_dtype`` (default ``x.dtype``). No speed tricks: einsum over the block grids.
+    """
+    m = prepare_monarch(w1, w2, bias, d_out=d_out)
+    _check_x(x, m, out_dtype)
+    ct = _compute_dtype(x, w1)
+    ct = ct if w2 is None else torch.promote_types(ct, w2.dtype)
+    n = x.shape[0]
+    k, q, p = w1.shape
+    xp = F.pad(x.to(ct), (0, k * p - x.shape[1])).view(n, k, p)
+    h = torch.einsum("nkp,kqp->nkq", xp, w1.to(ct)).reshape(n, k * q)  # block-diagonal B1
+    if w2 is not None:
+        l, s, r = w2.shape  # noqa: E741
+        # the stride permutation: feature rr*l + ll of h is entry rr of middle block ll;
+        # output feature ss*l + ll is entry ss of output block ll
+        h = torch.einsum("nrl,lsr->nsl", h.view(n, r, l), w2.to(ct)).reshape(n, s * l)
+    y = h[:, : m.d_out]
+    if bias is not None:
+        y = y + bias.to(ct)
+    if normalize:
+        y = F.normalize(y, dim=1, eps=EPS)
+    return y.to(out_dtype or x.dtype)
+
+
+def _rows(x: Tensor, m: MonarchMap) -> Tensor:
+    """The torch path on one chunk: (B, d_in) -> (B, d_out) with bias, in the compute dtype.
+
+    Two (baddbmm) products and three layout copies; at B=1 each op is a few microseconds of
+    dispatch, so the copies are single ``as_strided`` reads rather than view chains.
+    """
+    batch = x.shape[0]
+    k, p, q = m.w1t.shape
+    if x.shape[1] != k * p:
+        x = F.pad(x, (0, k * p - x.shape[1]))
+    # (B, k*p) -> (k, B, p): bmm wants the block index first (a no-op copy at B=1)
+    xt = x.view(batch, k, p).transpose(0, 1).contiguous()
+    if m.w2t is None:
+        # (k, B, p) @ (k, p, q) [+ (k, 1, q)] -> (k, B, q) -> (B, k*q)
+        h = _bmm(m.bias_t, xt, m.w1t)
+        return h.transpose(0, 1).reshape(batch, k * q)[:, : m.d_out]
+    l, r, s = m.w2t.shape  # noqa: E741
+    h = torch.bmm(xt, m.w1t)  # (k, B, q)
+    # (k, B, q) -> (B, k*q) read as (B, r, l) -> (l, B, r): the stride permutation
+    if batch == 1:
+        h = h.as_strided((l, 1, r), (1, l * r, l)).contiguous()
+    else:
+        h = h.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1).contiguous()
+    z = _bmm(m.bias_t, h, m.w2t)  # (l, B, r) @ (l, r, s) [+ (l, 1, s)] -> (l, B, s)
+    # (l, B, s) -> (B, s, l) -> (B, s*l)
+    return z.permute(1, 2, 0).reshape(batch, s * l)[:, : m.d_out]
+
+
+def _bmm(bias_t: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    return torch.bmm(a, b) if bias_t is None else torch.baddbmm(bias_t, a, b)
+
+
+def _maybe(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _needs_grad(x: Tensor, m: MonarchMap) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in (x, m.w1t, m.w2t, m.bias_t))
+
+
+def _monarch_torch(
+    x: Tensor, m: MonarchMap, normalize: bool, out_dtype: torch.dtype, chunk_rows: int
+) -> Tensor:
+    """The torch path, tuned for CPU, differentiable when autograd needs it."""
+    grad = _needs_grad(x, m)
+    # no_grad, not inference_mode: outputs may feed trainable modules (see kernels.project);
+    # skipped entirely when autograd is already off (a context costs ~1 us at B=1)
+    ctx = contextlib.nullcontext() if grad or not torch.is_grad_enabled() else torch.no_grad()
+    with ctx:
+        ct = torch.promote_types(x.dtype, m.w1t.dtype)
+        if ct != m.w1t.dtype:  # e.g. fp64 rows through fp32 factors: accumulate in fp64
+            m = prepare_monarch(m.w1.to(ct), _maybe(m.w2, ct), _maybe(m.bias, ct), d_out=m.d_out)
+        x = _as(x, ct)
+        if x.device.type == "cpu" and x.shape[0] > chunk_rows:
+            # split/cat are differentiable, so chunking keeps autograd intact
+            y = torch.cat([_rows(c, m) for c in x.split(chunk_rows)])
+        else:
+            y = _rows(x, m)
+        if normalize:
+            # y is a fresh buffer (or a crop of one); in place only when autograd is off
+            y = F.normalize(y, dim=1, eps=EPS) if grad else _normalize_(y)
+        return _as(y, out_dtype)
+
+
+def _kernel_takes(x: Tensor, m: MonarchMap, out_dtype: torch.dtype) -> bool:
+    """Inputs in the Triton kernel's domain: forward only, 16/32-bit, power-of-2 middle grid."""
+    from kernels._triton_monarch import supports  # imports triton: only on this path
+
+    dtypes = {x.dtype, m.w1.dtype, out_dtype} | ({m.w2.dtype} if m.w2 is not None else set())
+    return dtypes <= TRITON_DTYPES and not _needs_grad(x, m) and supports(m)
+
+
+def apply_monarch(
+    x: Tensor,
+    m: MonarchMap,
+    *,
+    normalize: bool = False,
+    out_dtype: torch.dtype | None = None,
+    chunk_rows: int = CPU_CHUNK_ROWS,
+) -> Tensor:
+    """(N, d_in) -> (N, d_out) through a prepared Monarch map, rows L2-normalized if asked.
+
+    Accumulates in fp32 whatever the input dtype; returns ``out_dtype`` (default ``x.dtype``).
+    Runs the fused Triton kernel where ``HOTSWAP_KERNELS`` and the machine allow it and the
+    inputs are in its domain, the torch path otherwise (CPU rows in chunks of ``chunk_rows``).
+    """
+    _check_x(x, m, out_dtype)
+    out_dtype = out_dtype or x.dtype
+    if backend(x.device) == "triton" and _kernel_takes(x, m, out_dtype):
+        from kernels._triton_monarch import project_monarch_triton
+
+        return project_monarch_triton(x, m, normalize, out_dtype)
+    return _monarch_torch(x, m, normalize, out_dtype, chunk_rows)
+
+
+def project_monarch(
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    d_out: int | None = None,
+    normalize: bool = False,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``apply_monarch(x, prepare_monarch(w1, w2, bias, d_out=d_out), ...)`` in one call.
+
+    x (N, d_in <= k*p), w1 (k, q, p), w2 (l, s, r) or None, bias (d_out,) -> (N, d_out).
+    """
+    m = prepare_monarch(w1, w2, bias, d_out=d_out)
+    return apply_monarch(x, m, normalize=normalize, out_dtype=out_dtype)
