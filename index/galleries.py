@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,27 +25,46 @@ from sqlalchemy.orm import Session
 from compat.vectors import check_vectors
 from index.catalog import EmbeddingSpace, Item, ItemEmbedding, ModelVersion
 from index.context import Context
-from index.store import GalleryStore
-from kernels.errors import ConflictError, InvalidInputError, NotFoundError, did_you_mean
+from index.store import STORE_KINDS, GalleryStore, store_config
+from kernels.errors import (
+    ConflictError,
+    CorruptArtifactError,
+    InvalidInputError,
+    NotFoundError,
+    did_you_mean,
+)
+from kernels.optional import require
 
 SQL_CHUNK = 5000  # bound parameters per IN (...) clause: SQLite caps them
 
 
 def create_space(
-    session: Session, version: ModelVersion, name: str | None = None
+    session: Session,
+    version: ModelVersion,
+    name: str | None = None,
+    *,
+    kind: str = "Flat",
+    params: dict[str, Any] | None = None,
 ) -> EmbeddingSpace:
-    """A new, empty space for ``version`` (one FAISS index per space, never mixed)."""
+    """A new, empty space for ``version`` (one FAISS index per space, never mixed), searched by
+    a store of ``kind`` (a key of ``STORE_KINDS``) configured by ``params``."""
     name = name or version.name
+    config = STORE_KINDS.get(kind).config_type.from_dict(params or {})
     if session.scalar(select(EmbeddingSpace).where(EmbeddingSpace.name == name)):
         raise ConflictError(f"embedding space {name!r} already exists")
-    space = EmbeddingSpace(name=name, model_version_id=version.id, index_factory="Flat")
+    space = EmbeddingSpace(
+        name=name, model_version_id=version.id, index_factory=kind, index_params=config.to_json()
+    )
     session.add(space)
     session.flush()
     return space
 
 
-def get_space(session: Session, name: str) -> EmbeddingSpace:
-    space = session.scalar(select(EmbeddingSpace).where(EmbeddingSpace.name == name))
+def get_space(session: Session, name: str, *, lock: bool = False) -> EmbeddingSpace:
+    """The space named ``name``; ``lock`` takes its row lock (``SELECT ... FOR UPDATE``) so two
+    writers of one space serialize on PostgreSQL (SQLite's ``BEGIN IMMEDIATE`` already does)."""
+    query = select(EmbeddingSpace).where(EmbeddingSpace.name == name)
+    space = session.scalar(query.with_for_update() if lock else query)
     if space is None:
         known = list(session.scalars(select(EmbeddingSpace.name)))
         raise NotFoundError(f"unknown embedding space {name!r}", fix=did_you_mean(name, known))
@@ -54,8 +74,20 @@ def get_space(session: Session, name: str) -> EmbeddingSpace:
 def load_store(ctx: Context, space: EmbeddingSpace) -> GalleryStore:
     """The space's current snapshot, verified against the catalog (an empty store if none yet)."""
     if space.index_path is None:
-        return GalleryStore.create(space.model_version.dim, space.index_factory)
-    return GalleryStore.load(ctx.path(space.index_path), space.checksum, space.ntotal)
+        return empty_store(space)
+    return GalleryStore.load(
+        ctx.path(space.index_path),
+        space.checksum,
+        space.ntotal,
+        factory=space.index_factory,
+        config=store_config(space.index_factory, space.index_params),
+    )
+
+
+def empty_store(space: EmbeddingSpace) -> GalleryStore:
+    """An empty store of the space's kind and parameters."""
+    config = store_config(space.index_factory, space.index_params)
+    return GalleryStore.create(space.model_version.dim, space.index_factory, config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +146,7 @@ def ingest(
     batch or already in the catalog). Returns the new item ids (= FAISS ids).
     """
     with ctx.transaction() as session:
-        space = get_space(session, space_name)
+        space = get_space(session, space_name, lock=True)
         x = check_vectors(torch.as_tensor(vectors), space.model_version.dim, "ingested vectors")
         _check_new_external_ids(session, external_ids, len(x))
         items = [Item(external_id=e) for e in external_ids]
@@ -134,6 +166,111 @@ def ingest(
             session.flush()
     discard(superseded)
     return ids.tolist()
+
+
+def rebuild_space(
+    ctx: Context, space_name: str, *, kind: str | None = None, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Rebuild a space's index from its own vectors, as one new snapshot (same commit protocol).
+
+    It retrains an IVF store and drops an HNSW store's tombstones. With ``kind`` and/or ``params``
+    the space moves to that store kind/configuration (``params`` alone: the current kind; ``kind``
+    alone: that kind's defaults). Bad kinds or parameters change nothing.
+    """
+    with ctx.transaction() as session:
+        space = get_space(session, space_name, lock=True)
+        new_kind = kind or space.index_factory
+        if kind is None and params is None:
+            config = store_config(space.index_factory, space.index_params)
+        else:
+            config = STORE_KINDS.get(new_kind).config_type.from_dict(params or {})
+        store = load_store(ctx, space)
+        ids = store.ids()
+        rebuilt = GalleryStore.create(store.dim, new_kind, config)
+        rebuilt.add(ids, store.vectors(ids))
+        space.index_factory, space.index_params = new_kind, config.to_json()
+        with staged_for(ctx, space, rebuilt) as staged:
+            superseded = point_space_at(ctx, space, staged)
+            session.flush()
+    discard(superseded)
+    return {"space": space_name, "kind": new_kind, "params": config.to_dict(), "vectors": len(ids)}
+
+
+def read_parquet(
+    path: Path, id_column: str = "id", vector_column: str = "embedding"
+) -> tuple[list[str], np.ndarray]:
+    """External ids and (N, d) float32 vectors from a Parquet file: an id column (string or
+    integer) and a vector column (list<float> or fixed_size_list<float>), no nulls, one width."""
+    pq = require("pyarrow.parquet", "parquet")
+    if not path.is_file():
+        raise NotFoundError(f"vectors file {path} does not exist")
+    try:
+        names = list(pq.read_schema(path).names)
+        missing = [c for c in (id_column, vector_column) if c not in names]
+        if missing:
+            raise InvalidInputError(
+                f"{path.name} has no column {missing[0]!r}", fix=did_you_mean(missing[0], names)
+            )
+        table = pq.read_table(path, columns=[id_column, vector_column])
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        if isinstance(e, InvalidInputError):
+            raise
+        raise CorruptArtifactError(f"cannot read {path} as Parquet: {e}") from e
+    return _parquet_ids(table.column(id_column), id_column), _parquet_vectors(
+        table.column(vector_column), vector_column
+    )
+
+
+def _parquet_ids(column: Any, name: str) -> list[str]:
+    import pyarrow as pa
+
+    kind = column.type
+    if not (
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+    ):
+        raise InvalidInputError(f"id column {name!r} must hold strings or integers, not {kind}")
+    if column.null_count:
+        raise InvalidInputError(f"id column {name!r} has {column.null_count} null(s)")
+    return [str(v) for v in column.to_pylist()]
+
+
+def _parquet_vectors(column: Any, name: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    if not (is_list or pa.types.is_fixed_size_list(kind)) or not pa.types.is_floating(
+        kind.value_type
+    ):
+        raise InvalidInputError(
+            f"vector column {name!r} must be list<float> or fixed_size_list<float>, not {kind}"
+        )
+    if column.null_count:
+        raise InvalidInputError(f"vector column {name!r} has {column.null_count} null row(s)")
+    n = len(column)
+    if n == 0:
+        return np.empty((0, kind.list_size if not is_list else 0), dtype=np.float32)
+    widths = np.unique(pc.list_value_length(column).to_numpy())
+    if len(widths) != 1:
+        raise InvalidInputError(f"vector column {name!r} mixes widths {widths[:5].tolist()}")
+    values = pc.list_flatten(column)
+    if values.null_count:
+        raise InvalidInputError(f"vector column {name!r} has null values inside vectors")
+    flat = values.to_numpy().astype(np.float32, copy=False)
+    return flat.reshape(n, int(widths[0]))
+
+
+def ingest_parquet(
+    ctx: Context,
+    space_name: str,
+    path: Path,
+    id_column: str = "id",
+    vector_column: str = "embedding",
+) -> list[int]:
+    """:func:`ingest` from a Parquet file (same validation, all or nothing)."""
+    external_ids, vectors = read_parquet(path, id_column, vector_column)
+    return ingest(ctx, space_name, external_ids, vectors)
 
 
 def _check_new_external_ids(session: Session, external_ids: Sequence[str], n_vectors: int) -> None:

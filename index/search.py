@@ -289,7 +289,4 @@ def _authoritative_part(store: GalleryStore, allowed: np.ndarray, name: str) -> 
         )
     if len(held) == len(allowed):
         return store
-    keep = np.isin(held, allowed)  # (ntotal,) rows of the flat index to copy
-    compact = GalleryStore.create(store.dim)
-    compact.index.add_with_ids(store.index.index.reconstruct_n(0, store.ntotal)[keep], held[keep])
-    return compact
+    return store.subset(allowed)
