@@ -257,7 +257,7 @@ def _parquet_vectors(column: Any, name: str) -> np.ndarray:
     values = pc.list_flatten(column)
     if values.null_count:
         raise InvalidInputError(f"vector column {name!r} has null values inside vectors")
-    flat = values.to_numpy().astype(np.float32, copy=False)
+    flat = values.to_numpy().astype(np.float32)  # a writable copy (torch refuses read-only)
     return flat.reshape(n, int(widths[0]))
 
 

@@ -114,6 +114,7 @@ def test_round_trip_of_every_table(sessions: sessionmaker[Session]) -> None:
         assert abs(mv.created_at - datetime.now(UTC)) < timedelta(minutes=5)
         space = s.scalars(select(EmbeddingSpace).where(EmbeddingSpace.name == "new")).one()
         assert (space.model_version.dim, space.index_factory, space.ntotal) == (16, "Flat", 0)
+        assert space.index_params == "{}"
         adapter = s.scalars(select(Adapter)).one()
         assert (adapter.source_version.name, adapter.target_version.name) == ("new", "old")
         assert (adapter.direction, adapter.fit_size, adapter.metrics_json) == (
@@ -154,8 +155,11 @@ def test_server_defaults_serve_raw_sql(engine: Engine) -> None:
         )
         row = c.execute(text("SELECT metric, normalized, status, created_at FROM model_version"))
         metric, normalized, status, created_at = row.one()
+        c.execute(text("INSERT INTO embedding_space (name, model_version_id) VALUES ('s', 1)"))
+        kind = c.execute(text("SELECT index_factory, index_params FROM embedding_space")).one()
     assert (metric, bool(normalized), status) == ("ip", True, "active")
     assert created_at is not None
+    assert tuple(kind) == ("Flat", "{}")
 
 
 def test_duplicate_external_id_is_rejected(sessions: sessionmaker[Session]) -> None:
