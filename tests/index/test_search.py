@@ -1,12 +1,17 @@
 """Mixed-version search against an exact reference computed by hand, and the merge policies."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import select
 
 from compat.adapters import build_adapter
 from index import galleries, versions
+from index.catalog import ItemAccess
 from index.search import MERGE_POLICIES, MixedSearcher
+from index.serving import SearcherPool
 from kernels.errors import DirectionError, InvalidInputError, NotFoundError
 from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
 
@@ -133,3 +138,49 @@ def test_wrong_width_adapter_cannot_be_registered(tmp_path) -> None:
             versions.get_version(session, "v1"),
             name="bad",
         )
+
+
+# ---- the serving pool: access counting, read-only generation -------------------------------
+
+
+def _hits(ctx) -> dict[int, int]:
+    with ctx.transaction() as session:
+        return {i: h for i, h in session.execute(select(ItemAccess.item_id, ItemAccess.hits))}
+
+
+def test_pool_counts_what_it_returns_and_flushes(mixed) -> None:
+    ctx, *_ = mixed
+    pool = SearcherPool(ctx, flush_every_s=3600)
+    queries = torch.from_numpy(unit_vectors(3, NEW_DIM, seed=12))
+    first = pool.get("v2").search(queries, k=4)
+    pool.get("v2").search(queries, k=4)
+    assert _hits(ctx) == {}  # counted in memory, not yet flushed
+    assert pool.flush() == len(set(first.ids.ravel().tolist()))
+    expected = Counter(first.ids.ravel().tolist())
+    assert _hits(ctx) == {i: 2 * n for i, n in expected.items()}
+    assert pool.counter.pending() == {}
+
+
+def test_pool_flushes_in_the_background_when_due(mixed) -> None:
+    ctx, *_ = mixed
+    pool = SearcherPool(ctx, flush_every_s=0.0)
+    result = pool.get("v2").search(torch.from_numpy(unit_vectors(2, NEW_DIM, seed=13)), k=3)
+    pool.get("v2")  # due: starts a background flush
+    pool.wait_for_flush(timeout=30)
+    assert pool.flush_error is None
+    assert set(_hits(ctx)) == set(result.ids.ravel().tolist())
+
+
+def test_pool_reads_the_generation_while_a_writer_holds_the_lock(mixed) -> None:
+    """generation() and resolve() are reads: with a migration wave holding SQLite's write lock
+    they must answer at once, not queue behind it (and fail after the busy timeout)."""
+    ctx, *_ = mixed
+    pool = SearcherPool(ctx)
+    before = pool.generation()
+    with ctx.transaction() as session:  # BEGIN IMMEDIATE: the write lock is held from here
+        space = galleries.get_space(session, "v1")
+        space.snapshot_seq += 1
+        session.flush()
+        assert pool.generation() == before  # the last committed state
+        assert pool.resolve("v2") == "v2"
+    assert pool.generation() != before
