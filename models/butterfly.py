@@ -106,6 +106,7 @@ class ButterflyLinear(StructuredLinear):
     """
 
     structure_params: ClassVar[tuple[str, ...]] = ()
+    map_when_training: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -152,6 +153,10 @@ class ButterflyLinear(StructuredLinear):
         if len(operands) == 1:
             return butterfly_multiply_ref(x, operands[0])
         return monarch_multiply(x, *operands)
+
+    def _factors(self) -> tuple[Tensor, Tensor | None]:
+        # used for inference only (map_when_training is False): built once, then cached
+        return butterfly_factors(self.twiddle)
 
 
 class Givens(nn.Module):

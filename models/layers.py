@@ -23,45 +23,24 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from kernels.errors import InvalidInputError, did_you_mean
+from kernels.monarch import CPU_CHUNK_ROWS, MonarchMap, apply_monarch, prepare_monarch
 from models.registry import Registry
 
 LAYERS: Registry[type[nn.Module]] = Registry("structured layer")
 
-# Rows per chunk on CPU. Unchunked Monarch at B=16384 is slower than dense because the permutation
-# copies fall out of cache; 512-2048 rows per chunk keeps the 2-3x gain (kernels.md section 2).
-CPU_CHUNK_ROWS = 1024
-
 
 def monarch_multiply(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
-    """Pure-torch Monarch product (the reference a fused kernel would be checked against).
+    """Monarch product through ``kernels.monarch`` (differentiable on its torch path).
 
-    x (B, k*p), w1 (k, q, p), w2 (l, s, r) with l*r == k*q  ->  (B, s*l).
-
-    x -> (B, k, p) -> block-diagonal w1 -> (B, k, q) -> read as the (r, l) grid and transpose
-    (the stride permutation) -> (B, l, r) -> block-diagonal w2 -> (B, l, s) -> transpose
-    -> (B, s*l).
+    x (B, k*p), w1 (k, q, p), w2 (l, s, r) with l*r == k*q  ->  (B, s*l); the layout and the
+    stride permutation are specified by :func:`kernels.monarch.project_monarch_ref`.
     """
-    batch = x.shape[0]
-    k, q, p = w1.shape
-    l, s, r = w2.shape  # noqa: E741 (the k, q, p / l, s, r names of kernels.md)
-    # (k, B, p) @ (k, p, q) -> (k, B, q); bmm wants the block index first. The activations are made
-    # contiguous: CPU bmm copies a batch-strided operand block by block (2-3x slower at small B);
-    # the weights' transposed views are fine as they are.
-    out1 = torch.bmm(x.reshape(batch, k, p).transpose(0, 1).contiguous(), w1.transpose(1, 2))
-    # (k, B, q) -> (B, k*q) = (B, r, l) -> (l, B, r): the stride permutation.
-    out1 = out1.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1).contiguous()
-    # (l, B, r) @ (l, r, s) -> (l, B, s) -> (B, s, l) -> (B, s*l)
-    out2 = torch.bmm(out1, w2.transpose(1, 2))
-    return out2.permute(1, 2, 0).reshape(batch, s * l)
+    return apply_monarch(x, prepare_monarch(w1, w2))
 
 
 def blockdiag_multiply(x: Tensor, blocks: Tensor) -> Tensor:
     """One block-diagonal factor: x (B, k*p), blocks (k, s, p) -> (B, k*s)."""
-    batch = x.shape[0]
-    k, s, p = blocks.shape
-    # (k, B, p) @ (k, p, s) -> (k, B, s) -> (B, k*s); contiguous for bmm as in monarch_multiply.
-    out = torch.bmm(x.reshape(batch, k, p).transpose(0, 1).contiguous(), blocks.transpose(1, 2))
-    return out.transpose(0, 1).reshape(batch, k * s)
+    return apply_monarch(x, prepare_monarch(blocks))
 
 
 class StructuredLinear(nn.Module):
@@ -73,11 +52,20 @@ class StructuredLinear(nn.Module):
     list their extra constructor arguments in ``structure_params``. ``isometric`` layers are
     orthogonal maps (norm-preserving) where their widths allow, so their output scale is not
     ``nn.Linear``'s.
+
+    A layer that is a Monarch or block-diagonal map returns its factors from :meth:`_factors`;
+    its forward then runs ``kernels.monarch.apply_monarch`` on a :meth:`monarch_map`: rebuilt on
+    every call while autograd tracks the parameters (training), cached otherwise (inference), so
+    that serving neither re-lays out the weights nor re-runs a parametrization per batch.
+    ``map_when_training = False`` keeps training on the generic path (butterfly, whose direct
+    levels beat building factors at small batches).
     """
 
     structure_params: ClassVar[tuple[str, ...]] = ()
     isometric: ClassVar[bool] = False
+    map_when_training: ClassVar[bool] = True
     chunk_rows: int = CPU_CHUNK_ROWS
+    _map_cache: tuple[tuple[object, ...], MonarchMap] | None = None
 
     def __init__(
         self,
@@ -122,8 +110,17 @@ class StructuredLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""
         _check_width(self, x)
+        if x.dim() == 2:  # the common case: skip two reshapes (microseconds at B=1)
+            return self._forward_rows(x)
         lead = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features)
+        out = self._forward_rows(x.reshape(-1, self.in_features))
+        return out.reshape(*lead, self.out_features)
+
+    def _forward_rows(self, flat: Tensor) -> Tensor:
+        """(B, in_features) -> (B, out_features) with bias: the kernels op, or the generic path."""
+        m = self.monarch_map()
+        if m is not None:
+            return apply_monarch(flat, m, chunk_rows=self.chunk_rows)
         operands = self._operands(flat.shape[0])
         if flat.device.type == "cpu" and flat.shape[0] > self.chunk_rows:
             # split/cat are differentiable, so chunking keeps autograd intact.
@@ -131,9 +128,40 @@ class StructuredLinear(nn.Module):
             out = torch.cat([self._linear_part(c, operands) for c in chunks])
         else:
             out = self._linear_part(flat, operands)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*lead, self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    def _factors(self) -> tuple[Tensor, Tensor | None] | None:
+        """(w1 (k, q, p), w2 (l, s, r) or None) as in ``kernels.monarch``; None: no such form."""
+        return None
+
+    def monarch_map(self) -> MonarchMap | None:
+        """The layer (bias and crop included) as a prepared ``kernels.monarch`` map, or None."""
+        # the plain parameters directly: .parameters() costs ~5 us, a third of a B=1 forward
+        params = (
+            tuple(self.parameters())
+            if parametrize.is_parametrized(self)
+            else tuple(p for p in self._parameters.values() if p is not None)
+        )
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._build_map() if self.map_when_training else None
+        # In-place updates bump _version, conversions (.to, .double) go through _apply below.
+        key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version) for p in params))
+        if self._map_cache is None or self._map_cache[0] != key:
+            m = self._build_map()
+            if m is None:
+                return None
+            self._map_cache = (key, m)
+        return self._map_cache[1]
+
+    def _build_map(self) -> MonarchMap | None:
+        factors = self._factors()
+        if factors is None:
+            return None
+        return prepare_monarch(*factors, self.bias, d_out=self.out_features)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> StructuredLinear:
+        self._map_cache = None  # .to()/.double()/.cuda() replace the parameters' storage
+        return super()._apply(fn, recurse)
 
     def to_dense(self) -> Tensor:
         """The equivalent (out_features, in_features) weight, built by mapping the identity."""
@@ -230,6 +258,9 @@ class BlockDiagonalLinear(StructuredLinear):
     def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
         return blockdiag_multiply(x, *operands)
 
+    def _factors(self) -> tuple[Tensor, Tensor | None]:
+        return self.blocks, None
+
 
 @LAYERS.register("monarch")
 class MonarchLinear(StructuredLinear):
@@ -283,6 +314,9 @@ class MonarchLinear(StructuredLinear):
 
     def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
         return monarch_multiply(x, *operands)
+
+    def _factors(self) -> tuple[Tensor, Tensor | None]:
+        return self.w1, self.w2
 
 
 def make_linear(

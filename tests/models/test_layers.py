@@ -17,6 +17,7 @@ from models.layers import (
     CPU_CHUNK_ROWS,
     LAYERS,
     MonarchLinear,
+    StructuredLinear,
     make_linear,
     parameter_count,
     structure_kwargs,
@@ -163,3 +164,32 @@ def test_monarch_dense_equals_product_of_factors(
         layer.to_dense().detach(), product[:n_out, :n_in], rtol=1e-12, atol=1e-12
     )
     assert k == l == nblocks and q == r
+
+
+# --- the cached inference map (kernels.monarch) ---------------------------------------------------
+
+STRUCTURED = [k for k in LAYERS if issubclass(LAYERS.get(k), StructuredLinear)]
+
+
+@pytest.mark.parametrize("kind", STRUCTURED)
+def test_inference_map_is_cached_and_follows_parameter_updates(kind: str) -> None:
+    layer = build(kind, 50, 23)
+    x = torch.randn(3, 50, dtype=F64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert layer.monarch_map() is layer.monarch_map()  # built once while nothing changes
+        first = layer(x)
+        for p in layer.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # in place, as an optimizer step: bumps _version
+        second = layer(x)
+        assert not torch.allclose(first, second)
+        torch.testing.assert_close(second, dense_reference(layer, x), rtol=1e-10, atol=1e-10)
+        layer.float()  # a conversion replaces the storage
+        torch.testing.assert_close(layer(x.float()), second.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["monarch", "orthogonal_monarch"])
+def test_training_map_is_rebuilt_and_differentiable(kind: str) -> None:
+    layer = build(kind, 50, 23)
+    first = layer.monarch_map()
+    assert first is not None and first is not layer.monarch_map()
+    assert first.w1t.requires_grad
