@@ -72,3 +72,7 @@ def _options(
 def emit(result: Any, as_json: bool, text: str) -> None:
     """JSON on stdout with --json, else the text rendering."""
     typer.echo(json.dumps(result, indent=2) if as_json else text)
+
+
+# Registers `hotswap bench`; imported last because it uses app, emit and Json from above.
+from cli import bench_commands  # noqa: E402, F401

@@ -1,43 +1,138 @@
-"""The compatibility protocol benchmark's quick mode, end to end on real Fashion-MNIST."""
+"""The protocol's pieces: config checks, the task-measured adapter choice, summaries, targets.
+
+The quick mode end to end (real Fashion-MNIST) runs once, through the CLI: tests/cli/test_bench_command.py.
+"""
 
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
 
-from bench.compat_protocol import METHODS, ProtocolConfig, render_tables, run_protocol
+from compat.chain import summarise_chains
+from compat.metrics import chain_metrics
+from compat.protocol import ProtocolConfig, choose_adapter, summarise
+from compat.protocol_backfill import summarise_backfill
+from compat.protocol_report import render_tables, targets
 from kernels.errors import InvalidInputError
-from models.datasets import fashion_mnist_available
 
 
 def test_config_refuses_a_method_without_its_reference_model() -> None:
     with pytest.raises(InvalidInputError, match="independent"):
         ProtocolConfig(methods=("bt2",))
+    with pytest.raises(InvalidInputError, match="independent"):
+        ProtocolConfig(methods=("posthoc",))
+    with pytest.raises(InvalidInputError, match="'bt2'"):
+        ProtocolConfig(methods=("independent", "bt2+posthoc"))
     with pytest.raises(InvalidInputError, match="unknown methods"):
         ProtocolConfig(methods=("bcd",))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST is not installed")
-def test_quick_mode_runs_end_to_end() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        results = run_protocol(ProtocolConfig.quick())
-    finally:
-        torch.set_num_threads(threads)
-    assert list(results["summary"]) == list(METHODS)
-    for cells in results["per_seed"][0].values():
-        for cell in ("old/old", "new/old", "new/new"):
-            assert 0.0 <= cells[cell]["top1"] <= 1.0 and 0.0 <= cells[cell]["ap"] <= 1.0
-    # the post-hoc bridge of the independent model must beat its silent truncation by far
-    summary = results["summary"]
-    assert (
-        summary["procrustes"]["new/old top1"][0] > summary["independent"]["new/old top1"][0] + 0.3
-    )
-    for chain in results["chains"].values():
-        assert 0.0 <= chain["ac"][0] <= 1.0 and math.isfinite(chain["am"][0])
-    tables = render_tables(results)
-    assert "| bt2 |" in tables and "AC" in tables
+def _clustered(seed: int, n: int = 600, d: int = 12, classes: int = 4) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(classes, (n,), generator=g)
+    centres = torch.randn(classes, d, generator=g) * 2
+    return centres[labels] + torch.randn(n, d, generator=g), labels
+
+
+def test_choose_adapter_keeps_the_held_out_best_and_refits_on_all_pairs() -> None:
+    source, labels = _clustered(0)
+    rotation = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(1)))[0]
+    target = source @ rotation  # an exact rotation: Procrustes recovers it from any split
+    run = types.SimpleNamespace(seed=0, y=labels, config=ProtocolConfig(adapter_epochs=2))
+    pick, choice, adapter = choose_adapter(run, source, target, ("procrustes", "affine"))  # type: ignore[arg-type]
+    assert set(pick.reports) == {"procrustes", "affine"} and choice in pick.reports
+    assert pick.anchors == 384  # select_adapter saw 80% of the 80% kept, never the held-out fifth
+    mapped = torch.nn.functional.normalize(adapter.transform(source), dim=1)
+    cos = (mapped * torch.nn.functional.normalize(target, dim=1)).sum(dim=1)
+    assert float(cos.min()) > 0.99
+
+
+def _cells(old: float, cross: float, new: float) -> dict:
+    cell = lambda v: {"top1": v, "top5": v, "ap": v / 2}  # noqa: E731
+    return {"old/old": cell(old), "new/old": cell(cross), "new/new": cell(new), "bridge": "b"}
+
+
+def test_summary_gain_tax_and_ecc_per_seed() -> None:
+    per_seed = [
+        {"independent": _cells(0.7, 0.1, 0.9), "bt2": _cells(0.7, 0.8, 0.89)},
+        {"independent": _cells(0.7, 0.1, 0.8), "bt2": _cells(0.7, 0.69, 0.8)},
+    ]
+    s = summarise(per_seed)["bt2"]
+    assert s["ecc top1"] == [True, False]
+    gains = [(0.8 - 0.7) / (0.9 - 0.7), (0.69 - 0.7) / (0.8 - 0.7)]
+    assert s["gain top1"][0] == pytest.approx(sum(gains) / 2)
+    assert s["tax top1"][0] == pytest.approx((0.01 + 0.0) / 2)
+    assert s["new/old ap"][0] == pytest.approx((0.4 + 0.345) / 2)
+
+
+def test_chain_and_backfill_summaries() -> None:
+    nan = math.nan
+    a = [[0.7, nan, nan], [0.75, 0.72, nan], [0.71, 0.8, 0.8]]
+    b = [[0.7, nan, nan], [0.69, 0.72, nan], [0.71, 0.8, 0.8]]
+    chains = summarise_chains([{"posthoc": a}, {"posthoc": b}])["posthoc"]
+    assert chains["ac_per_seed"] == [chain_metrics(a).ac, chain_metrics(b).ac]
+    assert chains["ac_per_seed"] == pytest.approx([1.0, 2 / 3])
+    assert chains["mean_matrix_top1"][1][0] == pytest.approx(0.72)
+
+    def curve(area: float) -> dict:
+        return {
+            "area": area,
+            "values": [0.1, area],
+            "fractions": [0, 1],
+            "fraction_to_target": None,
+        }
+
+    seeds = [
+        {"r": {"random": curve(0.5), "uncertainty": curve(0.56)}},
+        {"r": {"random": curve(0.6), "uncertainty": curve(0.62)}},
+    ]
+    s = summarise_backfill(seeds)["r"]["uncertainty"]
+    assert s["margin_over_random"][0] == pytest.approx(0.04)
+    assert s["mean_values"] == pytest.approx([0.1, 0.59])
+
+
+def _results(cross: float, ac: float, margin: float) -> dict:
+    per_seed = [
+        {
+            "independent": _cells(0.7, 0.1, 0.9),
+            "bt2": _cells(0.7, cross, 0.9),
+            "posthoc:procrustes": _cells(0.7, 0.8, 0.9),
+        }
+    ]
+    curve = {
+        "area": (0.5 + margin, 0.0),
+        "margin_over_random": (margin, 0.0),
+        "fraction_to_target": [0.5],
+        "mean_values": [],
+        "fractions": [],
+    }
+    return {
+        "seeds_done": 1,
+        "summary": summarise(per_seed),
+        "chains": {
+            "posthoc": {
+                "ac": (ac, 0.0),
+                "ac_per_seed": [ac],
+                "am": (0.7, 0.0),
+                "mean_matrix_top1": [[0.7, None], [0.8, 0.8]],
+            }
+        },
+        "backfill": {
+            "posthoc:procrustes": {
+                "random": {**curve, "margin_over_random": (0.0, 0.0)},
+                "uncertainty": curve,
+            }
+        },
+    }
+
+
+def test_targets_say_met_and_missed() -> None:
+    met = {t["target"]: t["met"] for t in targets(_results(0.81, 1.0, 0.05))}
+    assert all(v for k, v in met.items() if not k.startswith("post-hoc"))
+    assert met["post-hoc adapter (independent models) gain fraction >= 0.9"] is False  # 0.5
+    missed = {t["target"]: t["met"] for t in targets(_results(0.69, 2 / 3, 0.04))}
+    assert not any(v for k, v in missed.items())
+    assert "**MISSED**" in render_tables(_results(0.69, 2 / 3, 0.04))

@@ -1,0 +1,126 @@
+"""A T-version upgrade chain (classes 0-3 → 0-6 → 0-9 by default) and its AC/AM matrix.
+
+C[i][j] (top-1): version-i queries on the version-j gallery of all test images, j ≤ i. Methods:
+
+- ``bct`` / ``ract``: v1 plain classification, each later version trained against its predecessor
+  (BCT's class means / RACT's contrastive term) with a jointly trained backward adapter; v_i reaches
+  v_j through the adapters of v_i, v_{i-1}, …, v_{j+1} in turn.
+- ``simplex``: every version d-Simplex with the same fixed vertices, later ones with HOC against their
+  predecessor; no adapter (one shared space).
+- ``posthoc``: every version trained independently; for every pair i > j an adapter v_i → v_j fitted
+  on paired training-image features and chosen by held-out class top-1
+  (:func:`compat.protocol.choose_adapter`): no composition error accumulates along the chain.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from compat.metrics import chain_metrics, self_retrieval_metrics
+from compat.objectives import (
+    BCT,
+    BCTConfig,
+    Classification,
+    Objective,
+    ObjectiveConfig,
+    new_space_model,
+    old_prototypes,
+)
+from compat.ract import RACT, RACTConfig
+from compat.simplex import Simplex, SimplexConfig
+from models.encoders import embed
+
+if TYPE_CHECKING:
+    from compat.protocol import Run
+
+CHAIN_METHODS = ("bct", "ract", "simplex", "posthoc")
+CHAIN_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal")  # candidates per pair (bounded time)
+
+
+def _version(
+    run: Run, method: str, v: int, previous: tuple[nn.Module, Objective] | None
+) -> tuple[nn.Module, Objective]:
+    """Train version v (0-based) of the chain on the classes it sees."""
+    from compat.protocol import fit, mlp
+
+    c = run.config
+    classes, dim = c.chain[v], c.chain_dims[v]
+    torch.manual_seed(run.seed * 100 + v)
+    seen = run.y < classes
+    x, y, seed = run.x[seen], run.y[seen], run.seed + v
+    if method == "simplex":
+        refs = [new_space_model(*previous)] if previous else []
+        objective: Objective = Simplex(SimplexConfig(classes=10, embed_dim=dim, hoc=bool(refs)))
+        return fit(mlp(dim), objective, x, y, seed, c.epochs, refs)
+    if previous is None or method == "posthoc":
+        objective = Classification(ObjectiveConfig(classes=classes, embed_dim=dim))
+        return fit(mlp(dim), objective, x, y, seed, c.epochs)
+    prev_model, prev_dim = new_space_model(*previous), c.chain_dims[v - 1]
+    if method == "ract":
+        ract = RACT(RACTConfig(classes=classes, embed_dim=dim, old_dim=prev_dim))
+        return fit(mlp(dim), ract, x, y, seed, c.epochs, [prev_model])
+    protos = old_prototypes(embed(prev_model, x), y, classes)
+    bct = BCT(BCTConfig(classes=classes, embed_dim=dim, old_dim=prev_dim), protos)
+    return fit(mlp(dim), bct, x, y, seed, c.epochs)
+
+
+def _queries(
+    run: Run, method: str, models: list[tuple[nn.Module, Objective]], i: int, j: int
+) -> Tensor:
+    """Version-i test queries in version j's space: (N_test, d_j)."""
+    if method == "simplex" or i == j:
+        return embed(new_space_model(*models[i]), run.x_test)
+    if method == "posthoc":
+        from compat.protocol import choose_adapter
+
+        source, target = (embed(new_space_model(*models[k]), run.x) for k in (i, j))
+        _, _, adapter = choose_adapter(run, source, target, CHAIN_ADAPTERS)
+        return adapter.transform(embed(new_space_model(*models[i]), run.x_test))
+    encoder, _ = models[i]
+    hops = [models[k][1].bridge_module() or nn.Identity() for k in range(i, j, -1)]
+    return embed(nn.Sequential(encoder, *hops), run.x_test)
+
+
+def chain_matrix(run: Run, method: str) -> list[list[float]]:
+    """C (T, T) of top-1 values; NaN above the diagonal (queries on a newer gallery: not measured)."""
+    models: list[tuple[nn.Module, Objective]] = []
+    for v in range(len(run.config.chain)):
+        models.append(_version(run, method, v, models[-1] if models else None))
+    galleries = [embed(new_space_model(*m), run.x_test) for m in models]
+    return [
+        [
+            self_retrieval_metrics(_queries(run, method, models, i, j), galleries[j], run.y_test)[
+                "top1"
+            ]
+            if j <= i
+            else float("nan")
+            for j in range(len(models))
+        ]
+        for i in range(len(models))
+    ]
+
+
+def summarise_chains(chains: list[dict[str, list[list[float]]]]) -> dict[str, Any]:
+    """Per method: AC and AM (mean ± std over seeds), AC per seed, the mean matrix."""
+    from compat.protocol import mean_std
+
+    out: dict[str, Any] = {}
+    if not chains:
+        return out
+    for method in chains[0]:
+        scores = [chain_metrics(c[method]) for c in chains]
+        t = len(chains[0][method])
+        mean = [
+            [mean_std([c[method][i][j] for c in chains])[0] if j <= i else None for j in range(t)]
+            for i in range(t)
+        ]
+        out[method] = {
+            "ac": mean_std([s.ac for s in scores]),
+            "ac_per_seed": [s.ac for s in scores],
+            "am": mean_std([s.am for s in scores]),
+            "mean_matrix_top1": mean,
+        }
+    return out

@@ -1,0 +1,225 @@
+"""Render the protocol's results: markdown tables, the issue's targets (met / missed), two plots.
+
+Input is the dict of :func:`compat.protocol.run_protocol` (or its JSON). Plots need matplotlib
+(imported lazily, Agg backend): the chain matrices as heatmaps and the backfilling curves.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+CELLS = ("old/old", "new/old", "new/new")
+TRAINING_TIME = ("bct", "bct_paper", "bt2", "oca", "simplex", "ract", "bct@monarch", "bt2@monarch")
+MAX_TAX = 0.01  # issue 3: tax <= 1 point top-1
+
+
+def _pm(value: tuple[float, float] | list[float], digits: int = 3) -> str:
+    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def _ecc(flags: list[bool]) -> str:
+    marks = "".join("✓" if f else "✗" for f in flags)
+    return f"{sum(flags)}/{len(flags)} {marks}"
+
+
+def cells_table(results: dict[str, Any], metric: str, label: str) -> list[str]:
+    seeds = results["seeds_done"]
+    lines = [
+        f"### {label} (mean ± std over {seeds} seeds; ECC per seed ✓/✗)",
+        "",
+        "| row | old/old | new/old | new/new | ECC | gain fraction | tax | bridge |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row, s in results["summary"].items():
+        cells = " | ".join(_pm(s[f"{c} {metric}"]) for c in CELLS)
+        lines.append(
+            f"| {row} | {cells} | {_ecc(s[f'ecc {metric}'])} | {_pm(s[f'gain {metric}'], 2)} | "
+            f"{_pm(s[f'tax {metric}'])} | {s['bridge']} |"
+        )
+    return [*lines, ""]
+
+
+def chain_tables(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Chains (top-1; rows = query version, columns = gallery version; mean over seeds)",
+        "",
+    ]
+    for method, chain in results["chains"].items():
+        per_seed = ", ".join(f"{a:.2f}" for a in chain["ac_per_seed"])
+        lines += [
+            f"**{method}**: AC {_pm(chain['ac'], 2)} (per seed {per_seed}), AM {_pm(chain['am'])}",
+            "",
+        ]
+        t = len(chain["mean_matrix_top1"])
+        lines += ["| query \\ gallery | " + " | ".join(f"v{j + 1}" for j in range(t)) + " |"]
+        lines += ["|---" * (t + 1) + "|"]
+        for i, row in enumerate(chain["mean_matrix_top1"]):
+            cells = " | ".join("" if v is None else f"{v:.3f}" for v in row)
+            lines.append(f"| v{i + 1} | {cells} |")
+        lines.append("")
+    return lines
+
+
+def backfill_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Backfilling (top-1 area over β ∈ [0, 1]; margin = area − random's, same seed)",
+        "",
+        "| bridge | ordering | area | margin over random | β reaching 95% of new/new (per seed) |",
+        "|---|---|---|---|---|",
+    ]
+    for row, orders in results["backfill"].items():
+        for name, s in orders.items():
+            reach = ", ".join("never" if r is None else f"{r:.2f}" for r in s["fraction_to_target"])
+            lines.append(
+                f"| {row} | {name} | {_pm(s['area'])} | {_pm(s['margin_over_random'])} | {reach} |"
+            )
+    return [*lines, ""]
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value, the best row and met / missed."""
+    summary, out = results["summary"], []
+    trained = [r for r in summary if r in TRAINING_TIME]
+    cheap = [r for r in trained if summary[r]["tax top1"][0] <= MAX_TAX]
+    best_t = max(cheap or trained, key=lambda r: summary[r]["gain top1"][0], default=None)
+    if best_t:
+        g, tax = summary[best_t]["gain top1"][0], summary[best_t]["tax top1"][0]
+        out.append(
+            _target(
+                "training-time gain fraction >= 0.5 (tax <= 1 pt top-1)",
+                best_t,
+                g,
+                g >= 0.5 and tax <= MAX_TAX,
+            )
+        )
+    posthoc = [r for r in summary if r.startswith("posthoc:")]
+    best_p = max(posthoc, key=lambda r: summary[r]["gain top1"][0], default=None)
+    if best_p:
+        g = summary[best_p]["gain top1"][0]
+        out.append(
+            _target(
+                "post-hoc adapter (independent models) gain fraction >= 0.9", best_p, g, g >= 0.9
+            )
+        )
+    chains = results["chains"]
+    best_c = max(chains, key=lambda m: chains[m]["ac"][0], default=None)
+    if best_c:
+        ac = chains[best_c]["ac"][0]
+        out.append(_target("3-step chain AC = 1.0", best_c, ac, ac == 1.0))
+    margins = [
+        (f"{row} / {name}", s["margin_over_random"][0])
+        for row, orders in results["backfill"].items()
+        for name, s in orders.items()
+        if name != "random"
+    ]
+    if margins:
+        name, margin = max(margins, key=lambda p: p[1])
+        out.append(
+            _target(
+                "backfill: best ordering − random >= +0.045 top-1 area",
+                name,
+                margin,
+                margin >= 0.045,
+            )
+        )
+    marketed = [r for r in summary if r not in ("independent", "independent@monarch")]
+    failing = [r for r in marketed if not all(summary[r]["ecc top1"] + summary[r]["ecc ap"])]
+    out.append(
+        _target(
+            "every compatible row passes ECC top-1 and mAP on every seed",
+            ", ".join(failing) or "all",
+            len(failing),
+            not failing,
+        )
+    )
+    return out
+
+
+def _target(name: str, row: str, value: float, met: bool) -> dict[str, Any]:
+    return {"target": name, "best": row, "value": value, "met": bool(met)}
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Targets (issue 3)",
+        "",
+        "| target | best / failing rows | value | |",
+        "|---|---|---|---|",
+    ]
+    for t in targets(results):
+        lines.append(
+            f"| {t['target']} | {t['best']} | {t['value']:.3f} | {'met' if t['met'] else '**MISSED**'} |"
+        )
+    return [*lines, ""]
+
+
+def render_tables(results: dict[str, Any]) -> str:
+    """Markdown: targets, one cells table per metric, chains, backfilling areas."""
+    lines = targets_table(results)
+    lines += cells_table(results, "top1", "top-1") + cells_table(results, "ap", "mAP")
+    lines += chain_tables(results) + backfill_table(results)
+    return "\n".join(lines)
+
+
+def save_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """compat_chains.png (chain heatmaps) and compat_backfill.png (mean curves); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    chains = results["chains"]
+    if chains:
+        fig, axes = plt.subplots(1, len(chains), figsize=(3.2 * len(chains), 3.0), squeeze=False)
+        for ax, (method, chain) in zip(axes[0], chains.items(), strict=True):
+            m = [[math.nan if v is None else v for v in row] for row in chain["mean_matrix_top1"]]
+            ax.imshow(m, vmin=0.3, vmax=0.9, cmap="viridis")
+            for i, row in enumerate(m):
+                for j, v in enumerate(row):
+                    if not math.isnan(v):
+                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+            ax.set_title(f"{method}: AC {chain['ac'][0]:.2f}", fontsize=9)
+            ax.set_xlabel("gallery version")
+            ax.set_ylabel("query version")
+        fig.tight_layout()
+        paths.append(out / "compat_chains.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    if results["backfill"]:
+        fig, axes = plt.subplots(
+            1,
+            len(results["backfill"]),
+            figsize=(4.2 * len(results["backfill"]), 3.2),
+            squeeze=False,
+        )
+        for ax, (row, orders) in zip(axes[0], results["backfill"].items(), strict=True):
+            for name, s in orders.items():
+                ax.plot(
+                    s["fractions"],
+                    s["mean_values"],
+                    marker=".",
+                    label=f"{name} ({s['area'][0]:.3f})",
+                )
+            ax.set_title(f"backfilling, bridge {row}", fontsize=9)
+            ax.set_xlabel("fraction of gallery re-embedded")
+            ax.set_ylabel("top-1")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "compat_backfill.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def write_outputs(results: dict[str, Any], out: Path, *, plots: bool = True) -> list[Path]:
+    """results.json (every number), tables.md and, with ``plots``, the two PNGs, under ``out``."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "compat.json", out / "compat_tables.md"]
+    written[0].write_text(json.dumps(results, indent=1))
+    written[1].write_text(render_tables(results))
+    return written + (save_plots(results, out) if plots else [])
