@@ -1,6 +1,6 @@
 """An exactly orthogonal Monarch adapter: ~2·n·√n parameters instead of a dense n×n rotation.
 
-Q = P₂ · blockdiag(B₂) · P₁ · blockdiag(B₁) in the layout of :func:`models.layers.monarch_multiply`:
+Q = P₂ · blockdiag(B₂) · P₁ · blockdiag(B₁) in the layout of :mod:`kernels.monarch`:
 nb orthogonal (bs, bs) blocks, a stride permutation, bs orthogonal (nb, nb) blocks, a permutation
 back (n = nb·bs). Permutations and block-diagonal orthogonal matrices are orthogonal, so Q is, to
 rounding, whatever the training does: each stack of blocks is one batched
@@ -10,6 +10,9 @@ Rectangular maps act in n = max(dim_in, dim_out) dims: a narrower input is zero-
 isometric embedding), a narrower output keeps the first dim_out coordinates of Q's output (an
 orthogonal projection). The served matrix therefore has orthonormal rows (widening) or columns
 (narrowing), exactly like the dense ``orthogonal`` adapter. That needs nblocks to divide n.
+
+Serving runs the frozen factors through ``kernels.monarch`` (:class:`MonarchServingForm`), not
+the dense matrix: the pad and the crop are the op's own, and the matrix is kept for inspection.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
+from kernels.errors import InvalidInputError
+from kernels.monarch import MonarchMap, apply_monarch, prepare_monarch
 from models.config import check
-from models.layers import monarch_multiply
 
 
 def default_nblocks(n: int) -> int:
@@ -59,6 +63,26 @@ class OrthogonalMonarchConfig(AdapterConfig):
     @property
     def blocks(self) -> int:
         return self.nblocks if self.nblocks is not None else default_nblocks(self.width)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MonarchServingForm(ServingForm):
+    """A serving form executed as its Monarch factors by ``kernels.monarch`` (~2·n·√n
+    multiply-adds per row instead of dim_in·dim_out); ``weight`` stays the equivalent dense
+    (dim_in, dim_out) matrix for whoever needs the matrix itself."""
+
+    factors: MonarchMap
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """(N, dim_in) -> (N, dim_out), rows L2-normalized when ``normalize``."""
+        if x.dim() != 2 or x.shape[1] != self.weight.shape[0]:
+            # the op would zero-pad any narrower input: only exactly dim_in is this space
+            raise InvalidInputError(
+                f"this serving form maps (N, {self.weight.shape[0]}) inputs, got shape "
+                f"{tuple(x.shape)}",
+                fix="pass vectors of the adapter's source space, batched as (N, d)",
+            )
+        return apply_monarch(x, self.factors, normalize=self.normalize)
 
 
 class _Blocks(nn.Module):
@@ -97,7 +121,11 @@ class OrthogonalMonarchAdapter(Adapter):
     def _rotate(self, x: Tensor) -> Tensor:  # (N, n) -> (N, n), x @ Q
         w1 = cast(Tensor, self.factor1.weight)  # (nb, bs, bs), computed on access
         w2 = cast(Tensor, self.factor2.weight)  # (bs, nb, nb)
-        return monarch_multiply(x, w1, w2)
+        return self._rotate_with(x, w1, w2)
+
+    @staticmethod
+    def _rotate_with(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
+        return apply_monarch(x, prepare_monarch(w1, w2))
 
     def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
         x = F.pad(x, (0, self.config.width - self.dim_in))  # zero-pad to n: isometric
@@ -109,9 +137,16 @@ class OrthogonalMonarchAdapter(Adapter):
         n = self.config.width
         return self._rotate(torch.eye(n, dtype=self._dtype))
 
-    def serving_form(self) -> ServingForm:
+    def serving_form(self) -> MonarchServingForm:
         with torch.no_grad():
-            weight = self.dense()[: self.dim_in, : self.dim_out].contiguous()  # (dim_in, dim_out)
+            w1 = cast(Tensor, self.factor1.weight).detach().clone()  # (nb, bs, bs)
+            w2 = cast(Tensor, self.factor2.weight).detach().clone()  # (bs, nb, nb)
+            weight = self._rotate_with(torch.eye(self.config.width, dtype=self._dtype), w1, w2)
+            weight = weight[: self.dim_in, : self.dim_out].contiguous()  # (dim_in, dim_out)
             bias = None if self.bias is None else self.bias.detach().clone()
         isometric = self.dim_out >= self.dim_in and bias is None
-        return ServingForm(weight=weight, bias=bias, normalize=not isometric)
+        # zero-padding dim_in -> n and keeping dim_out columns are the op's own pad and crop
+        factors = prepare_monarch(w1, w2, bias, d_out=self.dim_out)
+        return MonarchServingForm(
+            weight=weight, bias=bias, normalize=not isometric, factors=factors
+        )

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kernels
 from compat.adapters import build_adapter, no_decay_parameters
 from compat.monarch_adapter import default_nblocks
 from kernels.errors import InvalidInputError
@@ -63,3 +64,39 @@ def test_default_blocks_and_bad_block_counts() -> None:
 def test_all_parameters_are_exempt_from_weight_decay() -> None:
     adapter = build_adapter("orthogonal_monarch", {"dim_in": 16, "dim_out": 16})
     assert {id(p) for p in no_decay_parameters(adapter)} == {id(p) for p in adapter.parameters()}
+
+
+@pytest.mark.parametrize(
+    ("dim_in", "dim_out", "bias"), [(16, 16, False), (24, 12, True), (9, 27, False)]
+)
+def test_serving_form_runs_the_factors_and_equals_forward(
+    monkeypatch: pytest.MonkeyPatch, dim_in: int, dim_out: int, bias: bool
+) -> None:
+    from compat import monarch_adapter
+
+    adapter = trained_like(dim_in, dim_out, 3, bias=bias)
+    form = adapter.serving_form()
+    x = torch.randn(7, dim_in, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = adapter(x)
+    if form.normalize:
+        want = torch.nn.functional.normalize(want, dim=1)
+    calls: list[int] = []
+    real = monarch_adapter.apply_monarch
+
+    def counting(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(monarch_adapter, "apply_monarch", counting)
+    got = form(x)
+    assert calls == [1]  # one structured op, not the dense matrix
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got,
+        kernels.project(x, form.weight, form.bias, normalize=form.normalize),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    with pytest.raises(InvalidInputError, match=rf"\(N, {dim_in}\)"):
+        form(torch.randn(2, dim_in - 1))
