@@ -4,6 +4,8 @@
 
 (a) rows/s of one d x d layer in inference mode, dense / Monarch / block-diagonal / butterfly
 side by side in one process (interleaved rounds, median of ``--repeats``), as ratios to dense;
+then the serving ops on their own: ``kernels.project`` (dense, contiguous (d, d) weight) against
+``kernels.monarch.apply_monarch`` on a prepared map, with bias, with and without normalize;
 (b) the demo's v2 MLP (784 -> 512 -> 512 -> 128) trained with a cosine classifier and label
 smoothing, dense vs structured layers at equal width, CMC top-1 / mAP of self-retrieval on the test
 split, mean ± std over seeds. Prints markdown and writes it to docs/results/structured.md.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import math
 import os
 import platform
@@ -20,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +35,8 @@ from torch import nn  # noqa: E402
 from compat.metrics import self_retrieval_metrics  # noqa: E402
 from compat.objectives import Classification, ObjectiveConfig  # noqa: E402
 from compat.training import TrainConfig, train  # noqa: E402
+from kernels import project  # noqa: E402
+from kernels.monarch import apply_monarch, prepare_monarch  # noqa: E402
 from models.datasets import load_fashion_mnist  # noqa: E402
 from models.encoders import MLPEncoderConfig, build_encoder, embed  # noqa: E402
 from models.layers import make_linear, parameter_count, structure_kwargs  # noqa: E402
@@ -39,6 +45,7 @@ SPEED_LAYERS = [
     ("dense", 1),
     ("monarch", 4),
     ("monarch", 16),
+    ("monarch", 32),
     ("block_diagonal", 4),
     ("butterfly", 1),
 ]
@@ -68,11 +75,16 @@ def speed_layers(d: int) -> dict[str, nn.Module]:
 
 
 def rows_per_second(
-    layers: dict[str, nn.Module], batch: int, repeats: int, min_s: float
+    layers: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    batch: int,
+    repeats: int,
+    min_s: float,
+    width: int,
 ) -> dict[str, float]:
     """Median rows/s per layer; rounds interleave the layers so load drifts hit all of them."""
-    x = torch.randn(batch, next(iter(layers.values())).in_features)
-    calls, times = {}, {name: [] for name in layers}
+    x = torch.randn(batch, width)
+    calls: dict[str, int] = {}
+    times: dict[str, list[float]] = {name: [] for name in layers}
     with torch.inference_mode():
         for name, layer in layers.items():
             start = time.perf_counter()
@@ -111,13 +123,65 @@ def run_speed(args: argparse.Namespace) -> tuple[list[str], list[str]]:
             layers = speed_layers(d)
             ratios = {}
             for batch in args.batches:
-                rate = rows_per_second(layers, batch, args.repeats, args.min_seconds)
+                rate = rows_per_second(layers, batch, args.repeats, args.min_seconds, d)
                 ratios[batch] = {n: rate[n] / rate["dense"] for n in names}
                 cells = [f"{rate['dense']:,.0f}"] + [f"{ratios[batch][n]:.2f}x" for n in names[1:]]
                 lines.append(f"| {d} | {batch} | " + " | ".join(cells) + " |")
                 print(lines[-1], flush=True)
             if d == 1024:
                 verdict += _speed_verdict(ratios, threads)
+        ops, op_verdict = _op_speed(args, threads)
+        lines += ops
+        verdict += op_verdict
+    return lines, verdict
+
+
+OP_NBLOCKS = (16, 32)
+
+
+def serving_ops(d: int, normalize: bool) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """``project`` on a dense (d, d) weight vs ``apply_monarch`` on prepared maps, bias on both."""
+    torch.manual_seed(0)
+    ops: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    weight, bias = torch.randn(d, d) / d**0.5, torch.randn(d)
+    ops["project"] = lambda x: project(x, weight, bias, normalize=normalize)
+    for nb in OP_NBLOCKS:
+        b = d // nb
+        m = prepare_monarch(torch.randn(nb, b, b) / b**0.5, torch.randn(nb, b, b) / b**0.5, bias)
+        ops[f"monarch nb={nb}"] = functools.partial(apply_monarch, m=m, normalize=normalize)
+    return ops
+
+
+def _op_speed(args: argparse.Namespace, threads: int) -> tuple[list[str], list[str]]:
+    """The serving ops at d=1024: project_monarch >= 2x project at batch >= 1024 (issue 6)."""
+    d = 1024
+    names = ["project"] + [f"monarch nb={nb}" for nb in OP_NBLOCKS]
+    lines = [
+        "",
+        f"Serving ops at d={d}, {threads} thread(s): `project` rows/s absolute, "
+        "`apply_monarch` (prepared map) as a ratio to it; bias on both",
+        "",
+        "| normalize | batch | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    worst: dict[str, float] = {}
+    for normalize in (False, True):
+        ops = serving_ops(d, normalize)
+        for batch in args.batches:
+            rate = rows_per_second(ops, batch, args.repeats, args.min_seconds, d)
+            cells = [f"{rate['project']:,.0f}"] + [
+                f"{rate[n] / rate['project']:.2f}x" for n in names[1:]
+            ]
+            lines.append(f"| {normalize} | {batch} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+            if batch >= 1024:
+                for n in names[1:]:
+                    worst[n] = min(worst.get(n, math.inf), rate[n] / rate["project"])
+    verdict = [
+        f"- project_monarch {n}, {threads} thread(s), batch >= 1024: need >= 2x `project`, "
+        f"worst {r:.2f}x: {'met' if r >= 2 else 'missed'}"
+        for n, r in worst.items()
+    ]
     return lines, verdict
 
 
