@@ -277,19 +277,116 @@ def render(
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument(
-        "--threads", type=int, default=0, help="FAISS and torch threads (0: one per core)"
-    )
-    parser.add_argument("--out", type=Path, default=Path("docs/results/serving.md"))
-    args = parser.parse_args(argv)
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
-        torch.set_num_threads(args.threads)
+# ---- merge policies mid-migration, on Fashion-MNIST (the demo's models) -----------------------
+
+MERGE_POLICIES_MEASURED = ("score", "rrf", "native_first", "calibrated")
+
+
+def merge_curve(args: argparse.Namespace) -> str:
+    """Train the demo's v1 and v2 (same seeds), migrate in waves of 25%, and after each wave
+    answer the query set with every merge policy; returns the markdown section."""
+    from index import demo
+    from index.evaluation import evaluate_searcher
+    from models.datasets import load_dataset
+    from models.encoders import embed
+
+    config = demo.DemoConfig.quick() if args.quick else demo.DemoConfig()
+    torch.manual_seed(config.seed)
+    data = demo._limit(load_dataset(config.dataset), config)
+    x_test = torch.from_numpy(data.test_x)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = open_context(Path(tmp) / "data", create=True)
+        v1, v1_classifier = demo._train_v1(data, config, lambda *a: None)
+        ids = demo._register_v1_gallery(ctx, v1, x_test)
+        v2, adapter = demo._train_v2(data, v1, v1_classifier, config, lambda *a: None)
+        with ctx.transaction() as session:
+            old = versions.get_version(session, "v1")
+            new = versions.register_version(ctx, session, "v2", v2)
+            versions.register_adapter(ctx, session, adapter, new, old, name="v2-to-v1")
+            galleries.create_space(session, new)
+        labels = {int(i): int(c) for i, c in zip(ids, data.test_y, strict=True)}
+        q_new = embed(v2, x_test)
+        row_of = {int(item): row for row, item in enumerate(ids)}
+        run_id = migrate.plan(ctx, "v1", "v2", ordering="random", seed=config.seed)
+        rows: list[tuple[float, dict[str, dict[str, float]], list[float]]] = []
+        start = evaluate_searcher(MixedSearcher.open(ctx, "v2"), q_new, ids, labels)
+        rows.append((0.0, {p: start for p in MERGE_POLICIES_MEASURED}, []))
+        done = 0
+        for target in config.waves:
+            wave = migrate.run(
+                ctx,
+                run_id,
+                lambda batch: embed(v2, x_test[[row_of[int(i)] for i in batch]]),
+                wave_size=round(target * len(ids)) - done,
+                max_waves=1,
+            )
+            done = wave.done
+            searcher = MixedSearcher.open(ctx, "v2")
+            points = {
+                p: evaluate_searcher(searcher, q_new, ids, labels, policy=p)
+                for p in MERGE_POLICIES_MEASURED
+            }
+            knots = [
+                float(v.calibration(np.array([0.5]))[0]) - 0.5
+                for v in searcher.views
+                if v.calibration is not None
+            ]
+            rows.append((wave.fraction, points, knots))
+            print(f"wave {wave.fraction:.2f} done", file=sys.stderr)
+        ctx.engine.dispose()
+    return render_merge(args, config, len(ids), rows, time.perf_counter() - started)
+
+
+def render_merge(
+    args: argparse.Namespace,
+    config: object,
+    n: int,
+    rows: list[tuple[float, dict[str, dict[str, float]], list[float]]],
+    seconds: float,
+) -> str:
+    header = " | ".join(f"{p} top-1 / mAP" for p in MERGE_POLICIES_MEASURED)
+    lines = [
+        "## Merge policies mid-migration (Fashion-MNIST, the demo's models)",
+        "",
+        f"Command: `.venv/bin/python bench/serving.py --part merge --threads {args.threads}"
+        f"{' --quick' if args.quick else ''}`  ",
+        f"Machine: {machine()}.  ",
+        f"Date: {date.today().isoformat()}; {seconds:.0f} s.",
+        "",
+        f"The demo's protocol (docs/results/demo.md; same seeds): v1 and v2 trained as there, "
+        f"{n:,} test images are both the query set and the gallery, random migration order in "
+        "waves of 25%; after each wave the same searcher snapshot answers every query with each "
+        "merge policy (CMC top-1 and mAP over the full ranking, own item removed).",
+        "",
+        f"| migrated | {header} | calibration shift at bridged 0.5 |",
+        "|---|" + "---|" * (len(MERGE_POLICIES_MEASURED) + 1),
+    ]
+    for fraction, points, knots in rows:
+        cells = " | ".join(
+            f"{points[p]['top1']:.3f} / {points[p]['ap']:.3f}" for p in MERGE_POLICIES_MEASURED
+        )
+        shift = ", ".join(f"{k:+.3f}" for k in knots) or "-"
+        lines.append(f"| {100 * fraction:.0f}% | {cells} | {shift} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace the generated section ``name`` of ``path`` (between markers), keeping the rest
+    (other sections, hand-written notes) as it is; append the section if it is new."""
+    begin, end = f"<!-- begin {name} (generated by bench/serving.py) -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text() if path.exists() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = old + ("\n" if old else "") + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
+
+
+def overhead(args: argparse.Namespace) -> str:
     env = machine()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -300,9 +397,29 @@ def main(argv: list[str] | None = None) -> None:
         stages = profile(ctx, batches, max(1, args.rounds // 2))
         opening = open_cost(ctx)
         ctx.engine.dispose()
-    text = render(args, times, stages, opening, env)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    return render(args, times, stages, opening, env)
+
+
+PARTS = {"overhead": overhead, "merge": merge_curve}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=sorted(PARTS), default="overhead")
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="FAISS and torch threads (0: one per core)"
+    )
+    parser.add_argument("--quick", action="store_true", help="merge: the demo's quick config")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/serving.md"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    text = PARTS[args.part](args)
+    write_section(args.out, args.part, text)
     print(text)
 
 

@@ -48,6 +48,74 @@ def read_only(ctx: Context) -> Iterator[Session]:
         yield session
 
 
+CALIBRATION_QUERIES = 256  # pseudo-queries sampled from the native space
+CALIBRATION_ITEMS = 2000  # items held in both spaces, sampled
+MIN_CALIBRATION_PAIRS = 200  # fewer (query, item) pairs: keep raw scores
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A monotone map from a bridged space's scores to the query version's native scale.
+
+    Method: items a migration has moved still have their old vector in the source space and now
+    have a new one, so for pseudo-queries q (vectors sampled from the native space: the query
+    distribution, for galleries that are queried with their own kind of content) the same pair
+    (q, item) has a bridged score b and a native score n. The map is the binned regression
+    E[n | b], bins on quantiles of b that get finer towards the top (where rankings are decided),
+    made monotone, extended beyond the ends with slope 1. It is measured per searcher snapshot,
+    i.e. per migration wave, because the mismatch depends on the models and on what has moved.
+    Without enough shared items (no migration yet) it is the identity: ``calibrated`` = ``score``.
+    """
+
+    x: np.ndarray  # (b,) increasing bridged-score knots
+    y: np.ndarray  # (b,) non-decreasing native-score values at the knots
+    pairs: int  # (query, item) pairs it was fitted on
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        if len(self.x) == 0:
+            return scores
+        inside = np.interp(scores, self.x, self.y)
+        below = self.y[0] + (scores - self.x[0])
+        above = self.y[-1] + (scores - self.x[-1])
+        return np.where(scores < self.x[0], below, np.where(scores > self.x[-1], above, inside))
+
+
+IDENTITY = Calibration(np.empty(0), np.empty(0), 0)
+
+
+def fit_calibration(bridged: np.ndarray, native: np.ndarray, bins: int = 24) -> Calibration:
+    """bridged, native (P,): scores of the same (query, item) pairs in the two spaces."""
+    bridged, native = np.ravel(bridged), np.ravel(native)
+    if len(bridged) < MIN_CALIBRATION_PAIRS:
+        return IDENTITY
+    order = np.argsort(bridged, kind="stable")
+    b, n = bridged[order], native[order]
+    levels = np.concatenate([[0.0], 1.0 - np.geomspace(1.0, 1e-3, bins)[1:], [1.0]])
+    edges = np.unique((levels * len(b)).astype(int))
+    x = np.array([b[lo:hi].mean() for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
+    y = np.array([n[lo:hi].mean() for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
+    x, first = np.unique(x, return_index=True)  # strictly increasing knots for interp
+    return Calibration(x, np.maximum.accumulate(y[first]), len(b))
+
+
+def measure_calibration(
+    native: GalleryStore, native_ids: np.ndarray, old: GalleryStore, bridge: Bridge, seed: int = 0
+) -> Calibration:
+    """Fit a bridged space's calibration on the items both spaces hold (see :class:`Calibration`).
+    native_ids: the ids ``native`` answers for."""
+    shared = np.intersect1d(native_ids, old.ids())
+    if len(shared) < 2:
+        return IDENTITY
+    rng = np.random.default_rng(seed)
+    items = np.sort(rng.permutation(shared)[:CALIBRATION_ITEMS])
+    probes = np.sort(rng.permutation(native_ids)[:CALIBRATION_QUERIES])
+    q = native.vectors(probes)  # (P, d_new): pseudo-queries in the query version's space
+    n = q @ native.vectors(items).T  # (P, I)
+    b = bridge(torch.from_numpy(q)).numpy() @ old.vectors(items).T  # (P, d_old) @ (d_old, I)
+    other = probes[:, None] != items[None, :]  # a query's own item is no evidence
+    return fit_calibration(b[other], n[other])
+
+
 @dataclasses.dataclass(frozen=True)
 class SpaceView:
     """One space as a query version sees it: its snapshot, the ids it answers for, the bridge."""
@@ -56,6 +124,8 @@ class SpaceView:
     store: GalleryStore
     allowed: np.ndarray  # (n,) int64 item ids authoritative in this space
     bridge: Bridge | None  # None: the query version's own space; else the adapter's serving path
+    calibration: Calibration | None = None  # bridged views: scores -> the native scale
+    full: GalleryStore | None = None  # bridged views, cascade only: every vector of the space
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.allowed) == 0:
@@ -65,6 +135,9 @@ class SpaceView:
         # Views built by MixedSearcher.open hold exactly their allowed ids: no selector needed.
         allowed = None if len(self.allowed) == self.store.ntotal else self.allowed
         return self.store.search(q.numpy(), k, allowed)
+
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+        return scores if self.calibration is None else self.calibration(scores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +149,7 @@ class Candidates:
     space: np.ndarray  # index into the views
     rank: np.ndarray  # rank within its own space's list, from 0
     native: np.ndarray  # bool: answered in the query version's own space
+    calibrated: np.ndarray  # scores on the native scale (bridged ones through their calibration)
 
 
 MergePolicy = Callable[[Candidates], np.ndarray]  # -> (Q, C) sort keys, larger is better
@@ -100,6 +174,13 @@ def merge_native_first(c: Candidates) -> np.ndarray:
     return c.scores + np.where(c.native, 4.0, 0.0)  # cosines lie in [-1, 1]: +4 separates groups
 
 
+@MERGE_POLICIES.register("calibrated")
+def merge_calibrated(c: Candidates) -> np.ndarray:
+    """Bridged scores mapped onto the native scale (:class:`Calibration`), then one
+    ranking: a bridged hit outranks a native one when its expected native score is higher."""
+    return c.calibrated.astype(np.float64)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
     ids: np.ndarray  # (Q, k) int64 item ids, -1 where fewer than k items exist
@@ -109,25 +190,45 @@ class SearchResult:
 
 
 def search_views(
-    queries: torch.Tensor, views: list[SpaceView], k: int, policy: str = "score"
+    queries: torch.Tensor,
+    views: list[SpaceView],
+    k: int,
+    policy: str = "score",
+    *,
+    cascade: int = 0,
 ) -> SearchResult:
-    """queries (Q, d) unit rows in the query version's space -> the merged top-k of all views."""
+    """queries (Q, d) unit rows in the query version's space -> the merged top-k of all views.
+
+    ``cascade`` > 0: each bridged view with a full store returns its top ``cascade`` over all its
+    vectors, and candidates the native space holds are re-scored there by the new model (see
+    :func:`_cascade_part`); the rest keep their bridged (calibrated) score.
+    """
     merge = MERGE_POLICIES.get(policy)
-    parts = [view.search(queries, k) for view in views]
+    native = next((v for v in views if v.bridge is None), None)
+    parts = []
+    for view in views:
+        if cascade > 0 and native is not None and view.full is not None:
+            parts.append(_cascade_part(queries, view, native, max(k, cascade)))
+            continue
+        scores, ids = view.search(queries, k)
+        parts.append((scores, ids, view.calibrate(scores), np.full(ids.shape, view is native)))
     c = Candidates(
-        scores=np.concatenate([s for s, _ in parts], axis=1),
-        ids=np.concatenate([i for _, i in parts], axis=1),
-        space=np.concatenate([np.full(i.shape, n) for n, (_, i) in enumerate(parts)], axis=1),
+        scores=np.concatenate([p[0] for p in parts], axis=1),
+        ids=np.concatenate([p[1] for p in parts], axis=1),
+        space=np.concatenate([np.full(p[1].shape, n) for n, p in enumerate(parts)], axis=1),
         rank=np.concatenate(
-            [np.broadcast_to(np.arange(i.shape[1]), i.shape) for _, i in parts], axis=1
+            [np.broadcast_to(np.arange(p[1].shape[1]), p[1].shape) for p in parts], axis=1
         ),
-        native=np.concatenate(
-            [np.full(i.shape, v.bridge is None) for v, (_, i) in zip(views, parts, strict=True)],
-            axis=1,
-        ),
+        native=np.concatenate([p[3] for p in parts], axis=1),
+        calibrated=np.concatenate([p[2] for p in parts], axis=1),
     )
+    if cascade > 0 and native is not None:  # re-scored items answer in the native space
+        c = dataclasses.replace(c, space=np.where(c.native, views.index(native), c.space))
     keys = np.where(c.ids >= 0, merge(c), -np.inf)
-    order = np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-keys, axis=1, kind="stable")
+    if cascade > 0:  # only a cascade can propose an item twice
+        order = _first_of_each_id(np.take_along_axis(c.ids, order, axis=1), order)
+    order = order[:, :k]
     valid = np.take_along_axis(c.ids, order, axis=1) >= 0
 
     def pick(values: np.ndarray, pad: float) -> np.ndarray:  # (Q, C) -> (Q, k), padded
@@ -140,6 +241,45 @@ def search_views(
         spaces=pick(c.space, -1).astype(np.int64),
         space_names=[v.name for v in views],
     )
+
+
+def _first_of_each_id(ranked_ids: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Drop later repeats of an id within each row (a cascade can propose an item twice: from
+    the native search and from the bridged one). (Q, C) -> (Q, C), repeats moved to the end."""
+    if ranked_ids.shape[1] == 0:
+        return order
+    rows = []
+    for ids, row in zip(ranked_ids, order, strict=True):
+        _, first = np.unique(ids, return_index=True)
+        keep = np.zeros(len(ids), dtype=bool)
+        keep[first] = True
+        keep &= ids >= 0
+        rows.append(np.concatenate([row[keep], row[~keep]]))
+    return np.stack(rows)
+
+
+def _cascade_part(
+    queries: torch.Tensor, view: SpaceView, native: SpaceView, depth: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bridge, then re-score with the new model: the top ``depth`` of ``view``'s whole index
+    (migrated items included); those the native space holds get their exact native score, the
+    ones ``view`` is authoritative for keep their calibrated bridged score, others are dropped.
+
+    -> scores (Q, D) as answered, ids (Q, D), calibrated (Q, D), native (Q, D) bool."""
+    assert view.full is not None and view.bridge is not None  # checked by the caller
+    bridged, ids = view.full.search(view.bridge(queries).numpy(), depth)
+    in_native = np.isin(ids, native.allowed) & (ids >= 0)
+    keep = in_native | np.isin(ids, view.allowed)
+    wanted = np.unique(ids[in_native])
+    rescored = np.zeros(ids.shape, dtype=np.float32)
+    if len(wanted):
+        # (Q, d_new) @ (d_new, m) -> (Q, m), then gathered: never a (Q, D, d_new) copy.
+        every = queries.numpy() @ native.store.vectors(wanted).T
+        at = np.searchsorted(wanted, np.where(in_native, ids, wanted[0]))
+        rescored = np.take_along_axis(every, at, axis=1)
+    scores = np.where(in_native, rescored, bridged)
+    calibrated = np.where(in_native, rescored, view.calibrate(bridged))
+    return scores, np.where(keep, ids, -1), calibrated, in_native
 
 
 class AccessCounter:
@@ -213,18 +353,31 @@ class MixedSearcher:
     ) -> None:
         self.ctx, self.version, self.views, self.dim = ctx, version, views, dim
         self.counter = counter
+        self.cascade = 0  # bridged candidates re-scored per space (0: no cascade)
 
     @classmethod
     def open(
-        cls, ctx: Context, version: str, attempts: int = 5, *, counter: AccessCounter | None = None
+        cls,
+        ctx: Context,
+        version: str,
+        attempts: int = 5,
+        *,
+        counter: AccessCounter | None = None,
+        cascade: int = 0,
     ) -> MixedSearcher:
-        """Snapshot the gallery for ``version`` queries; results are counted into ``counter``."""
+        """Snapshot the gallery for ``version`` queries; results are counted into ``counter``.
+        ``cascade`` > 0: re-score that many bridged candidates per space with the new model
+        where new vectors exist (keeps the bridged spaces' whole index in memory)."""
+        if cascade < 0:
+            raise InvalidInputError(f"cascade depth must be >= 0, got {cascade}")
         for attempt in range(attempts):
             try:
                 with read_only(ctx) as session:
                     query_version = get_version(session, version)
-                    views = _views(ctx, session, query_version)
-                    return cls(ctx, version, views, query_version.dim, counter)
+                    views = _views(ctx, session, query_version, keep_full=cascade > 0)
+                    searcher = cls(ctx, version, views, query_version.dim, counter)
+                    searcher.cascade = cascade
+                    return searcher
             except CorruptArtifactError:
                 # A writer may have replaced the snapshot between our catalog read and the file
                 # read; the catalog is then already newer, so read again.
@@ -234,7 +387,9 @@ class MixedSearcher:
 
     def search(self, queries: torch.Tensor, k: int = 10, policy: str = "score") -> SearchResult:
         q = check_vectors(torch.as_tensor(queries), self.dim, f"{self.version} queries")
-        result = search_views(torch.nn.functional.normalize(q, dim=1), self.views, k, policy)
+        result = search_views(
+            torch.nn.functional.normalize(q, dim=1), self.views, k, policy, cascade=self.cascade
+        )
         if self.counter is not None:
             self.counter.record(result.ids)
         return result
@@ -253,8 +408,12 @@ class MixedSearcher:
         return [[names.get(int(i)) for i in row] for row in ids]
 
 
-def _views(ctx: Context, session: Session, query_version: ModelVersion) -> list[SpaceView]:
-    views = []
+def _views(
+    ctx: Context, session: Session, query_version: ModelVersion, keep_full: bool = False
+) -> list[SpaceView]:
+    """One view per space holding authoritative items, bridged views calibrated against the
+    native one; ``keep_full`` keeps bridged spaces' whole index (the cascade searches it)."""
+    views, fulls = [], []
     for space in session.scalars(select(EmbeddingSpace).order_by(EmbeddingSpace.id)):
         allowed = np.array(
             session.scalars(
@@ -272,9 +431,24 @@ def _views(ctx: Context, session: Session, query_version: ModelVersion) -> list[
             if native
             else query_adapter(ctx, session, query_version, space.model_version).bridge()
         )
-        store = _authoritative_part(load_store(ctx, space), allowed, space.name)
-        views.append(SpaceView(space.name, store, allowed, bridge))
-    return views
+        full = load_store(ctx, space)
+        views.append(
+            SpaceView(space.name, _authoritative_part(full, allowed, space.name), allowed, bridge)
+        )
+        fulls.append(full)
+    own = next((v for v in views if v.bridge is None), None)
+    if own is None:
+        return views
+    return [
+        view
+        if view.bridge is None
+        else dataclasses.replace(
+            view,
+            calibration=measure_calibration(own.store, own.allowed, full, view.bridge),
+            full=full if keep_full else None,
+        )
+        for view, full in zip(views, fulls, strict=True)
+    ]
 
 
 def _authoritative_part(store: GalleryStore, allowed: np.ndarray, name: str) -> GalleryStore:

@@ -8,9 +8,9 @@ import torch
 from sqlalchemy import select
 
 from compat.adapters import build_adapter
-from index import galleries, versions
+from index import galleries, migrate, versions
 from index.catalog import ItemAccess
-from index.search import MERGE_POLICIES, MixedSearcher
+from index.search import MERGE_POLICIES, MixedSearcher, fit_calibration
 from index.serving import SearcherPool
 from kernels.errors import DirectionError, InvalidInputError, NotFoundError
 from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
@@ -184,3 +184,102 @@ def test_pool_reads_the_generation_while_a_writer_holds_the_lock(mixed) -> None:
         assert pool.generation() == before  # the last committed state
         assert pool.resolve("v2") == "v2"
     assert pool.generation() != before
+
+
+# ---- calibrated merge and the cascade ---------------------------------------------------------
+
+
+def test_fit_calibration_recovers_a_known_map() -> None:
+    rng = np.random.default_rng(0)
+    bridged = rng.uniform(-0.5, 0.6, 5000)
+    native = 0.3 + 0.8 * bridged + rng.normal(0, 0.02, 5000)
+    calibration = fit_calibration(bridged, native)
+    grid = np.linspace(-0.4, 0.55, 50)
+    np.testing.assert_allclose(calibration(grid), 0.3 + 0.8 * grid, atol=0.02)
+    wide = np.linspace(-2, 2, 401)  # beyond the fitted range too: still increasing
+    assert (np.diff(calibration(wide)) > 0).all()
+    few = fit_calibration(bridged[:50], native[:50])
+    assert few.pairs == 0 and few(grid) is grid  # too little evidence: raw scores
+
+
+@pytest.fixture
+def migrating(tmp_path):
+    """200 items in v1; a real migration moved half of them to v2. New vectors form tight
+    clusters; old ones are them seen through the adapter plus noise, so the two spaces roughly
+    agree on neighbours but bridged scores are systematically lower (the demo's situation)."""
+    ctx = new_deployment(tmp_path / "data")
+    with ctx.transaction() as session:
+        adapter = versions.query_adapter(
+            ctx, session, versions.get_version(session, "v2"), versions.get_version(session, "v1")
+        )
+    bridge = adapter.bridge()
+    rng = np.random.default_rng(20)
+    centers = rng.standard_normal((8, NEW_DIM)).astype(np.float32)
+    new = centers[rng.integers(0, 8, 200)] + 0.4 * rng.standard_normal((200, NEW_DIM))
+    new = (new / np.linalg.norm(new, axis=1, keepdims=True)).astype(np.float32)
+    noise = 0.5 * np.random.default_rng(21).standard_normal((200, OLD_DIM)).astype(np.float32)
+    old = bridge(torch.from_numpy(new)).numpy() + noise
+    ids = np.array(galleries.ingest(ctx, "v1", [f"i{n}" for n in range(200)], old))
+    run_id = migrate.plan(ctx, "v1", "v2", ordering="insertion")
+    migrate.run(
+        ctx, run_id, lambda batch: torch.from_numpy(new[batch - ids[0]]), wave_size=100, max_waves=1
+    )
+    return ctx, ids, old / np.linalg.norm(old, axis=1, keepdims=True), new, bridge
+
+
+def test_calibration_is_measured_on_the_shared_items(migrating) -> None:
+    ctx, ids, old, new, bridge = migrating
+    searcher = MixedSearcher.open(ctx, "v2")
+    v1_view, v2_view = searcher.views
+    assert v1_view.calibration is not None
+    assert v1_view.calibration.pairs == 100 * 99  # every moved item probes the others
+    assert v2_view.calibration is None
+    q = new[100:130]  # queries like the gallery: the calibration's premise
+    moved = ids[:100]  # insertion order: the first half
+    native = q @ new[:100].T
+    raw = bridge(torch.from_numpy(q)).numpy() @ old[:100].T
+    calibrated = v1_view.calibration(raw)
+    # Raw bridged scores sit systematically below native ones; calibrated ones do not.
+    assert abs((calibrated - native).mean()) < 0.2 * abs((raw - native).mean())
+    assert np.abs(calibrated - native).mean() < 0.8 * np.abs(raw - native).mean()
+    assert sorted(v2_view.allowed.tolist()) == moved.tolist()
+
+
+def test_calibrated_merge_ranks_by_calibrated_scores(migrating) -> None:
+    ctx, ids, old, new, bridge = migrating
+    searcher = MixedSearcher.open(ctx, "v2")
+    calibration = searcher.views[0].calibration
+    q = unit_vectors(6, NEW_DIM, seed=23)
+    result = searcher.search(torch.from_numpy(q), k=15, policy="calibrated")
+    keys = np.concatenate(  # the exact merge key of every item: native or calibrated bridged
+        [calibration(bridge(torch.from_numpy(q)).numpy() @ old[100:].T), q @ new[:100].T], axis=1
+    )
+    key_of = [dict(zip(np.r_[ids[100:], ids[:100]].tolist(), row, strict=True)) for row in keys]
+    for row in range(6):
+        got = np.array([key_of[row][int(i)] for i in result.ids[row]])
+        np.testing.assert_allclose(got, np.sort(keys[row])[::-1][:15], rtol=1e-5, atol=1e-5)
+    assert set(result.spaces.ravel()) == {0, 1}
+
+
+def test_cascade_rescores_bridged_candidates_with_the_new_model(migrating) -> None:
+    ctx, ids, old, new, bridge = migrating
+    plain = MixedSearcher.open(ctx, "v2")
+    cascade = MixedSearcher.open(ctx, "v2", cascade=40)
+    assert cascade.views[0].full is not None and cascade.views[0].full.ntotal == 200
+    q = torch.from_numpy(unit_vectors(5, NEW_DIM, seed=24))
+    small = cascade.search(q, k=10, policy="calibrated")
+    native_score = dict(zip(ids[:100].tolist(), (q.numpy() @ new[:100].T).T, strict=True))
+    for row in range(5):
+        assert len(set(small.ids[row].tolist())) == 10
+        for i, s, space in zip(small.ids[row], small.scores[row], small.spaces[row], strict=True):
+            if int(i) in native_score:  # moved: answered by the new model, whoever proposed it
+                assert space == 1 and s == pytest.approx(native_score[int(i)][row], abs=1e-5)
+            else:
+                assert space == 0
+    # At full depth every moved item is re-scored: the same ranking as the calibrated merge.
+    full = cascade.search(q, k=200, policy="calibrated")
+    ref = plain.search(q, k=200, policy="calibrated")
+    np.testing.assert_array_equal(np.sort(full.ids, axis=1), np.sort(ref.ids, axis=1))
+    np.testing.assert_allclose(full.scores, ref.scores, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="cascade depth"):
+        MixedSearcher.open(ctx, "v2", cascade=-1)
