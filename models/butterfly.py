@@ -13,7 +13,7 @@ twiddle tensor makes CPU loops of length 2 and runs ~5x slower).
 :func:`butterfly_multiply_ref` applies the levels one by one (the reference, and the path for
 small batches). For larger batches the layers multiply the levels out into two Monarch factors
 (:func:`butterfly_factors`) and run the chunked block-diagonal matmuls of
-:func:`models.layers.monarch_multiply`: the low levels mix the low index bits, so they act inside
+:mod:`kernels.monarch`: the low levels mix the low index bits, so they act inside
 contiguous blocks of ``m = 2**ceil(L/2)``; the high levels act across the stride grid
 (Monarch with ``nblocks = h = n/m``). Building the factors costs as much as running the levels on
 ``(m + h) / 2`` rows, so batches of at most ``m + h`` rows run the levels directly.
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from kernels.errors import InvalidInputError
-from models.layers import LAYERS, StructuredLinear, monarch_multiply, redraw_parametrized
+from models.layers import LAYERS, StructuredLinear, redraw_parametrized
 
 
 def butterfly_size(in_features: int, out_features: int) -> int:
@@ -134,8 +134,12 @@ class ButterflyLinear(StructuredLinear):
         levels = n.bit_length() - 1
         self.twiddle = nn.Parameter(torch.empty(levels, 2, n, device=device, dtype=dtype))
         self.reset_parameters()
+        self._constrain()
 
     def reset_parameters(self) -> None:
+        if redraw_parametrized(self, self.constrained):
+            self.reset_bias()
+            return
         levels, n = self.twiddle.shape[0], self.twiddle.shape[2]
         gain = math.sqrt(n / (3 * self.in_features)) ** (1 / levels)
         angles = torch.rand(levels, n // 2, device=self.twiddle.device) * (2 * math.pi)
@@ -152,7 +156,7 @@ class ButterflyLinear(StructuredLinear):
     def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
         if len(operands) == 1:
             return butterfly_multiply_ref(x, operands[0])
-        return monarch_multiply(x, *operands)
+        return super()._multiply(x, operands)  # the factors, through kernels.monarch
 
     def _factors(self) -> tuple[Tensor, Tensor | None]:
         # used for inference only (map_when_training is False): built once, then cached
@@ -195,23 +199,9 @@ class OrthogonalButterflyLinear(ButterflyLinear):
     """
 
     isometric: ClassVar[bool] = True
+    constrained: ClassVar[tuple[str, ...]] = ("twiddle",)
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+    def _constrain(self) -> None:
         # The parent's init drew random rotations; right_inverse reads their angles back.
-        givens = Givens(self.twiddle.shape[0], device=device)
+        givens = Givens(self.twiddle.shape[0], device=self.twiddle.device)
         parametrize.register_parametrization(self, "twiddle", givens, unsafe=True)
-
-    def reset_parameters(self) -> None:
-        if redraw_parametrized(self, ("twiddle",)):
-            self.reset_bias()
-        else:
-            super().reset_parameters()

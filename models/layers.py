@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import orthogonal
 
 from kernels.errors import InvalidInputError, did_you_mean
 from kernels.monarch import CPU_CHUNK_ROWS, MonarchMap, apply_monarch, prepare_monarch
@@ -36,11 +37,6 @@ def monarch_multiply(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
     stride permutation are specified by :func:`kernels.monarch.project_monarch_ref`.
     """
     return apply_monarch(x, prepare_monarch(w1, w2))
-
-
-def blockdiag_multiply(x: Tensor, blocks: Tensor) -> Tensor:
-    """One block-diagonal factor: x (B, k*p), blocks (k, s, p) -> (B, k*s)."""
-    return apply_monarch(x, prepare_monarch(blocks))
 
 
 class StructuredLinear(nn.Module):
@@ -63,6 +59,7 @@ class StructuredLinear(nn.Module):
 
     structure_params: ClassVar[tuple[str, ...]] = ()
     isometric: ClassVar[bool] = False
+    constrained: ClassVar[tuple[str, ...]] = ()  # tensors a parametrization keeps on a manifold
     map_when_training: ClassVar[bool] = True
     chunk_rows: int = CPU_CHUNK_ROWS
     _map_cache: tuple[tuple[object, ...], MonarchMap] | None = None
@@ -90,16 +87,24 @@ class StructuredLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def reset_bias(self) -> None:
-        """Same bias init as ``nn.Linear``: U(-1/sqrt(in_features), 1/sqrt(in_features))."""
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
+        """Same bias init as ``nn.Linear``."""
+        init_bias(self.bias, self.in_features)
+
+    def _constrain(self) -> None:
+        """Called last in ``__init__``: make ``constrained`` orthogonal (Givens for butterfly)."""
+        for name in self.constrained:
+            orthogonal(self, name)
 
     def _operands(self, rows: int) -> tuple[Tensor, ...]:
-        raise NotImplementedError  # abstract: each registered structured layer defines its own
+        """What a product of ``rows`` inputs needs; by default the Monarch factors."""
+        factors = self._factors()
+        if factors is None:
+            raise NotImplementedError  # abstract: a layer defines _factors or its own operands
+        return tuple(f for f in factors if f is not None)
 
     def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
-        raise NotImplementedError  # abstract: each registered structured layer defines its own
+        """(B, in_padded) -> (B, out_padded); by default the factors through ``kernels.monarch``."""
+        return apply_monarch(x, prepare_monarch(*operands))
 
     def _linear_part(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
         """(B, in_features) -> (B, out_features), no bias: pad, multiply, crop."""
@@ -204,6 +209,25 @@ class DenseLinear(nn.Linear):
 
     structure_params: ClassVar[tuple[str, ...]] = ()
     isometric: ClassVar[bool] = False
+    constrained: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        for name in self.constrained:
+            orthogonal(self, name)
+
+    def reset_parameters(self) -> None:
+        if redraw_parametrized(self, self.constrained):
+            init_bias(self.bias, self.in_features)
+        else:
+            super().reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features); a wrong width is a typed error."""
@@ -215,59 +239,12 @@ class DenseLinear(nn.Linear):
         return self.weight
 
 
-@LAYERS.register("block_diagonal")
-class BlockDiagonalLinear(StructuredLinear):
-    """One block-diagonal factor, no permutation (M2-BERT's "Monarch MLP"): n*m/nb parameters."""
+class BlockLinear(StructuredLinear):
+    """Layers made of ``nblocks``-block factors: the shared constructor.
 
-    structure_params: ClassVar[tuple[str, ...]] = ("nblocks",)
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        nblocks: int = 4,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        _check_blocks(in_features, out_features, nblocks)
-        p, s = math.ceil(in_features / nblocks), math.ceil(out_features / nblocks)
-        super().__init__(
-            in_features,
-            out_features,
-            bias,
-            in_padded=nblocks * p,
-            out_padded=nblocks * s,
-            device=device,
-            dtype=dtype,
-        )
-        self.nblocks = nblocks
-        self.blocks = nn.Parameter(torch.empty(nblocks, s, p, device=device, dtype=dtype))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Uniform with bound 1/sqrt(block fan-in): output variance matches ``nn.Linear``'s."""
-        bound = 1.0 / math.sqrt(self.blocks.shape[-1])
-        nn.init.uniform_(self.blocks, -bound, bound)
-        self.reset_bias()
-
-    def _operands(self, rows: int) -> tuple[Tensor, ...]:
-        return (self.blocks,)
-
-    def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
-        return blockdiag_multiply(x, *operands)
-
-    def _factors(self) -> tuple[Tensor, Tensor | None]:
-        return self.blocks, None
-
-
-@LAYERS.register("monarch")
-class MonarchLinear(StructuredLinear):
-    """Two block-diagonal factors with a stride permutation between them: ~2*n*m/nb parameters.
-
-    w1 (k, q, p) and w2 (l, s, r) with k = l = nblocks, p = ceil(in/nb), s = ceil(out/nb) and
-    q = r = min(p, s) (the narrower side fixes the middle width, so the map can still be full rank).
+    p = ceil(in/nb) and s = ceil(out/nb): the widths are padded to nb*p and nb*s. Subclasses give
+    their factors' shapes in :meth:`_factor_shapes` and their init in :meth:`_init_factors`;
+    ``constrained`` subclasses (the orthogonal variants) are redrawn on the manifold instead.
     """
 
     structure_params: ClassVar[tuple[str, ...]] = ("nblocks",)
@@ -284,7 +261,6 @@ class MonarchLinear(StructuredLinear):
     ) -> None:
         _check_blocks(in_features, out_features, nblocks)
         p, s = math.ceil(in_features / nblocks), math.ceil(out_features / nblocks)
-        q = min(p, s)
         super().__init__(
             in_features,
             out_features,
@@ -295,11 +271,60 @@ class MonarchLinear(StructuredLinear):
             dtype=dtype,
         )
         self.nblocks = nblocks
-        self.w1 = nn.Parameter(torch.empty(nblocks, q, p, device=device, dtype=dtype))
-        self.w2 = nn.Parameter(torch.empty(nblocks, s, q, device=device, dtype=dtype))
+        for name, shape in self._factor_shapes(nblocks, p, s).items():
+            setattr(self, name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
         self.reset_parameters()
+        self._constrain()
+
+    def _factor_shapes(self, nblocks: int, p: int, s: int) -> dict[str, tuple[int, int, int]]:
+        raise NotImplementedError  # abstract: each registered block layer defines its own
+
+    def _init_factors(self) -> None:
+        raise NotImplementedError  # abstract: each registered block layer defines its own
 
     def reset_parameters(self) -> None:
+        if not redraw_parametrized(self, self.constrained):
+            self._init_factors()
+        self.reset_bias()
+
+
+@LAYERS.register("block_diagonal")
+class BlockDiagonalLinear(BlockLinear):
+    """One block-diagonal factor, no permutation (M2-BERT's "Monarch MLP"): n*m/nb parameters.
+
+    blocks (nb, s, p).
+    """
+
+    blocks: Tensor
+
+    def _factor_shapes(self, nblocks: int, p: int, s: int) -> dict[str, tuple[int, int, int]]:
+        return {"blocks": (nblocks, s, p)}
+
+    def _init_factors(self) -> None:
+        """Uniform with bound 1/sqrt(block fan-in): output variance matches ``nn.Linear``'s."""
+        bound = 1.0 / math.sqrt(self.blocks.shape[-1])
+        nn.init.uniform_(self.blocks, -bound, bound)
+
+    def _factors(self) -> tuple[Tensor, Tensor | None]:
+        return self.blocks, None
+
+
+@LAYERS.register("monarch")
+class MonarchLinear(BlockLinear):
+    """Two block-diagonal factors with a stride permutation between them: ~2*n*m/nb parameters.
+
+    w1 (k, q, p) and w2 (l, s, r) with k = l = nblocks, p = ceil(in/nb), s = ceil(out/nb) and
+    q = r = min(p, s) (the narrower side fixes the middle width, so the map can still be full rank).
+    """
+
+    w1: Tensor
+    w2: Tensor
+
+    def _factor_shapes(self, nblocks: int, p: int, s: int) -> dict[str, tuple[int, int, int]]:
+        q = min(p, s)
+        return {"w1": (nblocks, q, p), "w2": (nblocks, s, q)}
+
+    def _init_factors(self) -> None:
         """Uniform with bound 1/sqrt(block fan-in) on w1 (as ``nn.Linear``: gain 1/3 in variance);
         w2 gets sqrt(3)/sqrt(fan-in), a variance-preserving factor, so that the product's output
         variance matches ``nn.Linear``'s instead of being 3x smaller (fly's init gives 1/9)."""
@@ -307,13 +332,6 @@ class MonarchLinear(StructuredLinear):
         bound2 = math.sqrt(3.0 / self.w2.shape[-1])
         nn.init.uniform_(self.w1, -bound1, bound1)
         nn.init.uniform_(self.w2, -bound2, bound2)
-        self.reset_bias()
-
-    def _operands(self, rows: int) -> tuple[Tensor, ...]:
-        return (self.w1, self.w2)
-
-    def _multiply(self, x: Tensor, operands: tuple[Tensor, ...]) -> Tensor:
-        return monarch_multiply(x, *operands)
 
     def _factors(self) -> tuple[Tensor, Tensor | None]:
         return self.w1, self.w2
@@ -345,6 +363,13 @@ def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def init_bias(bias: Tensor | None, in_features: int) -> None:
+    """``nn.Linear``'s bias init: U(-1/sqrt(in_features), 1/sqrt(in_features))."""
+    if bias is not None:
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(bias, -bound, bound)
+
+
 def redraw_parametrized(module: nn.Module, names: tuple[str, ...]) -> bool:
     """Give the parametrized tensors ``names`` fresh random values; False if not parametrized yet.
 
@@ -353,7 +378,7 @@ def redraw_parametrized(module: nn.Module, names: tuple[str, ...]) -> bool:
     angles). Before registration (inside the parent's ``__init__``) the caller runs its plain init
     instead, and registering the parametrization then projects that.
     """
-    if not all(parametrize.is_parametrized(module, name) for name in names):
+    if not names or not all(parametrize.is_parametrized(module, name) for name in names):
         return False
     with torch.no_grad():
         for name in names:

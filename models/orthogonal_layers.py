@@ -11,24 +11,16 @@ columns (widening) or rows (narrowing). Otherwise the zero padding makes it a cr
 which is still a contraction (‖W‖₂ ≤ 1) but no longer an isometry.
 
 These layers preserve norms, so their output scale is the input's, not ``nn.Linear``'s 1/√3.
+Each is its free parent plus ``constrained``: the parent's constructor registers the
+parametrization last (projecting the plain init onto the manifold), and ``reset_parameters``
+redraws on the manifold once it is registered.
 """
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
-import torch
-from torch import nn
-from torch.nn.utils.parametrizations import orthogonal
-
-from models.layers import (
-    LAYERS,
-    BlockDiagonalLinear,
-    DenseLinear,
-    MonarchLinear,
-    redraw_parametrized,
-)
+from models.layers import LAYERS, BlockDiagonalLinear, DenseLinear, MonarchLinear
 
 
 @LAYERS.register("orthogonal_dense")
@@ -36,24 +28,7 @@ class OrthogonalDenseLinear(DenseLinear):
     """A dense (out, in) weight with orthonormal rows or columns (the comparison point)."""
 
     isometric: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        orthogonal(self, "weight")
-
-    def reset_parameters(self) -> None:
-        if not redraw_parametrized(self, ("weight",)):
-            super().reset_parameters()
-        elif self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
+    constrained: ClassVar[tuple[str, ...]] = ("weight",)
 
 
 @LAYERS.register("orthogonal_block_diagonal")
@@ -61,27 +36,7 @@ class OrthogonalBlockDiagonalLinear(BlockDiagonalLinear):
     """Block-diagonal with orthogonal (nb, s, p) blocks: n·m/nb stored parameters."""
 
     isometric: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        nblocks: int = 4,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            in_features, out_features, bias, nblocks=nblocks, device=device, dtype=dtype
-        )
-        orthogonal(self, "blocks")
-
-    def reset_parameters(self) -> None:
-        if redraw_parametrized(self, ("blocks",)):
-            self.reset_bias()
-        else:
-            super().reset_parameters()
+    constrained: ClassVar[tuple[str, ...]] = ("blocks",)
 
 
 @LAYERS.register("orthogonal_monarch")
@@ -93,25 +48,4 @@ class OrthogonalMonarchLinear(MonarchLinear):
     """
 
     isometric: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        nblocks: int = 4,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            in_features, out_features, bias, nblocks=nblocks, device=device, dtype=dtype
-        )
-        orthogonal(self, "w1")
-        orthogonal(self, "w2")
-
-    def reset_parameters(self) -> None:
-        if redraw_parametrized(self, ("w1", "w2")):
-            self.reset_bias()
-        else:
-            super().reset_parameters()
+    constrained: ClassVar[tuple[str, ...]] = ("w1", "w2")
