@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import DEFAULT_DIR, Database, DataDir, Json, app, emit, models_app
+from cli.app import DEFAULT_DIR, Database, DataDir, Json, app, emit
 
 VectorsFile = Annotated[Path, typer.Option("--vectors", help="float32 (N, d) array, .npy.")]
 
@@ -77,55 +77,6 @@ def status(
 
     result = summary(open_context(directory, database))
     emit(result, as_json, status_report(result))
-
-
-@models_app.command("add")
-def models_add(
-    name: Annotated[str, typer.Argument(help="Version name, e.g. minilm-v1.")],
-    dim: Annotated[int, typer.Option(min=1, help="Embedding width.")],
-    space: Annotated[
-        bool, typer.Option(help="Also create its embedding space (same name).")
-    ] = True,
-    directory: DataDir = DEFAULT_DIR,
-    database: Database = None,
-    as_json: Json = False,
-) -> None:
-    """Register an external model version: its vectors come precomputed (e.g. from an API)."""
-    from index import galleries, versions
-    from index.context import open_context
-
-    ctx = open_context(directory, database)
-    with ctx.transaction() as session:
-        version = versions.register_external_version(session, name, dim)
-        if space:
-            galleries.create_space(session, version)
-    result = {
-        "name": name,
-        "dim": dim,
-        "encoder": versions.EXTERNAL,
-        "space": name if space else None,
-    }
-    emit(
-        result,
-        as_json,
-        f"registered {name} ({dim}-d, external)\n"
-        f"next: hotswap ingest --dir {directory} --space {name} --vectors V.npy --ids IDS.txt",
-    )
-
-
-@models_app.command("list")
-def models_list(
-    directory: DataDir = DEFAULT_DIR, database: Database = None, as_json: Json = False
-) -> None:
-    """The registered model versions."""
-    from index.context import open_context
-    from index.status import summary
-
-    versions = summary(open_context(directory, database))["versions"]
-    text = "\n".join(
-        f"{v['name']:<16} {v['encoder']:<12} dim {v['dim']:<6} {v['status']}" for v in versions
-    )
-    emit(versions, as_json, text or "no model versions yet")
 
 
 @app.command(rich_help_panel="Serve and inspect")

@@ -9,7 +9,13 @@ import sys
 
 import typer
 
-from cli import gallery_commands, migrate_commands, setup_commands  # noqa: F401  (they register commands)
+from cli import (  # noqa: F401  (they register commands)
+    gallery_commands,
+    migrate_commands,
+    models_commands,
+    setup_commands,
+    train_commands,
+)
 from cli.app import app, state
 
 __all__ = ["app", "main"]

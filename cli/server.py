@@ -1,6 +1,7 @@
 """``hotswap serve``: the HTTP query service (FastAPI + uvicorn; the ``serve`` extra).
 
-POST /query (vectors embedded by a version or alias, k, merge policy), GET /status, GET /healthz,
+POST /query (vectors embedded by a version or alias, or texts for a version registered with a
+pretrained text encoder; k, merge policy), GET /status, GET /healthz,
 OpenAPI docs at /docs. Binds to 127.0.0.1 unless told otherwise; optional bearer token; request
 bodies over a size limit are refused before they are read; domain errors become 4xx with a message.
 """
@@ -8,6 +9,7 @@ bodies over a size limit are refused before they are read; domain errors become 
 from __future__ import annotations
 
 import hmac
+import threading
 from typing import Any
 
 from kernels.optional import require
@@ -20,6 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
+from index import versions  # noqa: E402
 from index.context import Context  # noqa: E402
 from index.serving import SearcherPool  # noqa: E402
 from index.status import summary  # noqa: E402
@@ -30,8 +33,16 @@ STATUS_BY_EXIT_CODE = {2: 422, 3: 404, 4: 409, 5: 503}
 
 
 class QueryRequest(BaseModel):
-    version: str = Field(description="Model version (or serving alias) that embedded the vectors.")
-    vectors: list[list[float]] = Field(min_length=1, max_length=4096)
+    version: str = Field(description="Model version (or serving alias) of the queries.")
+    vectors: list[list[float]] | None = Field(
+        default=None, min_length=1, max_length=4096, description="Query vectors (N, d)."
+    )
+    texts: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Query texts, embedded by the version's pretrained encoder.",
+    )
     k: int = Field(default=10, ge=1, le=1000)
     policy: str = Field(default="score", description="Merge policy: score, rrf, native_first.")
 
@@ -46,10 +57,30 @@ class QueryResponse(BaseModel):
     results: list[list[Hit]]
 
 
+class TextEncoders:
+    """Each pretrained version's text encoder, loaded (and its weights checked) on first use."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        self._loaded: dict[str, Any] = {}
+
+    def encode(self, version: str, texts: list[str]) -> torch.Tensor:
+        """(N,) texts -> (N, dim) unit rows in ``version``'s space."""
+        with self._lock:
+            if version not in self._loaded:
+                with self.ctx.transaction() as session:
+                    record = versions.get_version(session, version)
+                    self._loaded[version] = versions.load_pretrained_version(record)
+            encoder = self._loaded[version]
+        return encoder.encode(texts)
+
+
 def create_app(
     ctx: Context, *, token: str | None = None, max_body: int = MAX_BODY_BYTES
 ) -> FastAPI:
     pool = SearcherPool(ctx)
+    texts = TextEncoders(ctx)
     api = FastAPI(title="hotswap", summary="Mixed-version search over a migrating gallery.")
 
     def authorize(request: Request) -> None:
@@ -83,10 +114,15 @@ def create_app(
 
     @api.post("/query", response_model=QueryResponse, dependencies=[Depends(authorize)])
     def query(body: QueryRequest) -> QueryResponse:
-        searcher = pool.get(body.version)
-        if len({len(v) for v in body.vectors}) != 1:
+        if (body.vectors is None) == (body.texts is None):
+            raise HTTPException(422, "give exactly one of 'vectors' or 'texts'")
+        if body.texts is not None:  # first: a version without an encoder is the error to report
+            vectors = texts.encode(pool.resolve(body.version), body.texts)
+        elif len({len(v) for v in body.vectors or []}) != 1:
             raise HTTPException(422, "all query vectors must have the same width")
-        vectors = torch.from_numpy(np.asarray(body.vectors, dtype=np.float32))
+        else:
+            vectors = torch.from_numpy(np.asarray(body.vectors, dtype=np.float32))
+        searcher = pool.get(body.version)
         result = searcher.search(vectors, k=body.k, policy=body.policy)
         names = searcher.external_ids(result.ids)
         return QueryResponse(

@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -24,14 +22,7 @@ import numpy as np
 import torch
 
 from compat.metrics import compatible, curve_area, self_retrieval_metrics
-from compat.objectives import (
-    BCT,
-    BCTConfig,
-    Classification,
-    ObjectiveConfig,
-    PrototypeMode,
-    old_prototypes,
-)
+from compat.objectives import Classification, ObjectiveConfig, PrototypeMode
 from compat.training import TrainConfig, train
 from index import galleries, migrate, versions
 from index.catalog import EvalResult
@@ -39,6 +30,7 @@ from index.context import Context, open_context
 from index.evaluation import evaluate_searcher
 from index.plots import plot_backfill_curve
 from index.search import MixedSearcher
+from index.train import StageClock, fit_compatible
 from kernels.errors import ConflictError
 from models.config import Config, check
 from models.datasets import LabelledImages, load_dataset, subset_classes
@@ -121,21 +113,6 @@ def run_demo(directory: Path, config: DemoConfig, report: Report | None = None) 
     return results
 
 
-class StageClock:
-    """Wall-clock seconds per named stage, to say where a run's time went."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = round(time.perf_counter() - start, 1)
-
-
 def _train_v1(
     data: LabelledImages, config: DemoConfig, report: Report
 ) -> tuple[Encoder, torch.Tensor]:
@@ -171,9 +148,6 @@ def _train_v2(
     report: Report,
 ) -> tuple[Encoder, Any]:
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
-    prototypes = old_prototypes(
-        embed(v1, x), y, data.classes, mode=config.prototypes, old_classifier=v1_classifier
-    )
     encoder = build_encoder(
         "mlp",
         MLPEncoderConfig(
@@ -184,18 +158,19 @@ def _train_v2(
             nblocks=4,
         ),
     )
-    objective = BCT(
-        BCTConfig(classes=data.classes, embed_dim=128, old_dim=v1.embed_dim), prototypes
-    )
-    train(
+    adapter = fit_compatible(
         encoder,
-        objective,
+        v1,
+        "bct",
         x,
         y,
+        data.classes,
         TrainConfig(epochs=config.v2_epochs, seed=config.seed + 1),
-        lambda done, total: report("train v2 (all classes, BCT)", done, total),
+        prototypes=config.prototypes,
+        old_classifier=v1_classifier,
+        progress=lambda done, total: report("train v2 (all classes, BCT)", done, total),
     )
-    return encoder, objective.adapter
+    return encoder, adapter
 
 
 def _migrate(

@@ -14,6 +14,7 @@ from index.catalog import ModelVersion
 from index.context import Context
 from kernels.errors import (
     ConflictError,
+    CorruptArtifactError,
     DirectionError,
     InvalidInputError,
     NotFoundError,
@@ -55,6 +56,45 @@ def register_external_version(session: Session, name: str, dim: int) -> ModelVer
     session.add(version)
     session.flush()
     return version
+
+
+PRETRAINED = "pretrained"  # encoder_key of a version embedded by a models.loaders spec
+
+
+def register_pretrained_version(
+    session: Session, name: str, spec: str, fingerprint: dict[str, Any], dim: int
+) -> ModelVersion:
+    """A version hotswap embeds with a pretrained library model (``load_pretrained(spec)``)."""
+    _refuse_existing(session, ModelVersion, name, "model version")
+    config = json.dumps({"spec": spec, "fingerprint": fingerprint}, sort_keys=True)
+    version = ModelVersion(
+        name=name,
+        encoder_key=PRETRAINED,
+        config_json=config,
+        weights_sha256=fingerprint["weights_sha256"],
+        dim=dim,
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def load_pretrained_version(version: ModelVersion) -> Any:
+    """The version's pretrained encoder (a models.loaders.PretrainedEncoder), its weights checked."""
+    from models.loaders import load_pretrained
+
+    if version.encoder_key != PRETRAINED:
+        raise InvalidInputError(
+            f"model version {version.name!r} has no pretrained encoder (encoder: {version.encoder_key})",
+            fix="send vectors instead, or register one with: hotswap models add NAME --encoder SPEC",
+        )
+    encoder = load_pretrained(json.loads(version.config_json)["spec"])
+    if encoder.fingerprint["weights_sha256"] != version.weights_sha256:
+        raise CorruptArtifactError(
+            f"the weights behind {version.name!r} changed since it was registered",
+            fix="register the installed model as a new version",
+        )
+    return encoder
 
 
 def get_version(session: Session, name: str) -> ModelVersion:
@@ -202,3 +242,40 @@ def _selection_metrics(selection: Any) -> dict[str, Any]:
         "held_out_pairs": selection.held_out,
         "held_out": scores,
     }
+
+
+def describe_version(ctx: Context, name: str) -> dict[str, Any]:
+    """One version as ``hotswap models show`` prints it: config, fingerprint, spaces, adapters."""
+    from index.catalog import EmbeddingSpace
+
+    with ctx.transaction() as session:
+        version = get_version(session, name)
+        config = json.loads(version.config_json)
+        touching = (AdapterRecord.source_version_id == version.id) | (
+            AdapterRecord.target_version_id == version.id
+        )
+        adapters = session.scalars(select(AdapterRecord).where(touching).order_by(AdapterRecord.id))
+        spaces = session.scalars(
+            select(EmbeddingSpace).where(EmbeddingSpace.model_version_id == version.id)
+        )
+        return {
+            "name": version.name,
+            "dim": version.dim,
+            "encoder": version.encoder_key,
+            "config": config.get("spec", config) if version.encoder_key == PRETRAINED else config,
+            "fingerprint": config.get("fingerprint", {"weights_sha256": version.weights_sha256}),
+            "status": version.status,
+            "spaces": [{"name": s.name, "vectors": s.ntotal} for s in spaces],
+            "adapters": [
+                {
+                    "name": a.name,
+                    "kind": a.key,
+                    "direction": a.direction,
+                    "role": "out" if a.source_version_id == version.id else "in",
+                    "source": a.source_version.name,
+                    "target": a.target_version.name,
+                    "metrics": json.loads(a.metrics_json or "{}"),
+                }
+                for a in adapters
+            ],
+        }

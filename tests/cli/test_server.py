@@ -5,6 +5,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,48 +28,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def running_server(data_dir: Path, token: str | None = TOKEN) -> Iterator[httpx.Client]:
+    """A real `hotswap serve` process on a free loopback port, and a client for it."""
+    port = free_port()
+    command = "from cli.main import main; main()"
+    args = ["serve", "--dir", str(data_dir), "--port", str(port)]
+    args += ["--token", token] if token else []
+    server = subprocess.Popen(
+        [sys.executable, "-c", command, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers)
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {server.stderr.read()}") from None
+                time.sleep(0.2)
+        yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        client.close()
+
+
 @pytest.fixture
 def served(tmp_path):
     """A deployment with N items in v1, served by a real `hotswap serve` process."""
     ctx = new_deployment(tmp_path / "data")
     galleries.ingest(ctx, "v1", [f"doc-{i}" for i in range(N)], unit_vectors(N, OLD_DIM, seed=1))
-    port = free_port()
-    command = "from cli.main import main; main()"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            command,
-            "serve",
-            "--dir",
-            str(ctx.data_dir),
-            "--port",
-            str(port),
-            "--token",
-            TOKEN,
-        ],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}",
-        timeout=30,
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if client.get("/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {server.stderr.read()}") from None
-            time.sleep(0.2)
-    yield ctx, client
-    server.terminate()
-    server.wait(timeout=10)
-    client.close()
+    with running_server(ctx.data_dir) as client:
+        yield ctx, client
 
 
 def query(
@@ -160,3 +156,41 @@ def test_queries_during_a_migration_never_fail_nor_repeat(served) -> None:
     assert failures == [] and len(answered) >= 8 and all(answered)
     final = query(client, queries, k=3).json()["results"]
     assert {hit["space"] for r in final for hit in r} == {"v2"}
+
+
+def test_text_queries_through_a_pretrained_version(tmp_path) -> None:
+    """MiniLM registered with `models add --encoder`; a gallery of real WordNet definitions."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from index.context import open_context
+    from models.loaders import load_pretrained
+    from models.text_data import WORDNET_DIR, read_synsets
+
+    data, cli = tmp_path / "data", CliRunner()
+    spec = "sentence-transformers:all-MiniLM-L6-v2"
+    assert cli.invoke(app, ["init", "--dir", str(data)]).exit_code == 0
+    added = cli.invoke(app, ["models", "add", "mini", "--encoder", spec, "--dir", str(data)])
+    assert added.exit_code == 0 and "384-d, pretrained" in added.output
+    assert (
+        cli.invoke(app, ["models", "add", "ext", "--dim", "384", "--dir", str(data)]).exit_code == 0
+    )
+    synsets = [s for _, s in zip(range(150), read_synsets(WORDNET_DIR / "data.adv"), strict=False)]
+    definitions = [s.definition for s in synsets]
+    ctx = open_context(data)
+    galleries.ingest(
+        ctx, "mini", [s.id for s in synsets], load_pretrained(spec).encode(definitions)
+    )
+    with running_server(data, token=None) as client:
+        asked = [7, 42, 99]
+        response = client.post(
+            "/query", json={"version": "mini", "texts": [definitions[i] for i in asked], "k": 3}
+        )
+        assert response.status_code == 200, response.text
+        top = [hits[0] for hits in response.json()["results"]]
+        assert [h["id"] for h in top] == [synsets[i].id for i in asked]
+        assert all(h["score"] == pytest.approx(1.0, abs=1e-4) for h in top)
+        no_encoder = client.post("/query", json={"version": "ext", "texts": ["a dog"]})
+        assert no_encoder.status_code == 422 and "no pretrained encoder" in no_encoder.text
+        both = client.post("/query", json={"version": "mini", "texts": ["x"], "vectors": [[0.0]]})
+        assert both.status_code == 422 and "exactly one" in both.text

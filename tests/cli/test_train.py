@@ -1,0 +1,129 @@
+"""hotswap train: a first version, a compatible upgrade, both registered; bad input changes nothing."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from cli.main import app
+from compat.metrics import self_retrieval_metrics
+from index import versions
+from index.context import open_context
+from index.status import summary
+from kernels.errors import ConflictError, InvalidInputError, NotFoundError
+from models.datasets import load_dataset
+from models.encoders import embed
+
+runner = CliRunner()
+V1 = '{"hidden_dims": [128], "embed_dim": 32}'
+V2 = '{"hidden_dims": [128, 128], "embed_dim": 48, "layer": "monarch", "nblocks": 4}'
+
+
+def hotswap(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """v1 (independent) then v2 (BCT, Monarch) trained on real Fashion-MNIST, quick settings."""
+    data = tmp_path_factory.mktemp("train") / "data"
+    assert hotswap("init", "--dir", str(data)).exit_code == 0
+    common = ("--dir", str(data), "--quick", "--json", "--dataset", "fashion-mnist")
+    first = hotswap("train", "--new", "v1", "--encoder-config", V1, *common)
+    assert first.exit_code == 0, first.output
+    second = hotswap("train", "--old", "v1", "--new", "v2", "--encoder-config", V2, *common)
+    assert second.exit_code == 0, second.output
+    return data, json.loads(first.stdout), json.loads(second.stdout)
+
+
+def test_first_version_then_upgrade(trained) -> None:
+    data, first, second = trained
+    assert set(first["cells"]) == {"new/new"} and first["adapter"] is None
+    assert list(second["cells"]) == ["old/old", "new/old", "new/new"]
+    assert second["adapter"] == "v2-to-v1" and second["dim"] == 48
+    assert set(second["compatible"]) == {"top1", "ap"}
+    # v1's own cell in the upgrade is the same model on the same rows as v1's new/new: equal.
+    assert second["cells"]["old/old"] == pytest.approx(first["cells"]["new/new"], abs=1e-9)
+    status = summary(open_context(data))
+    assert [s["name"] for s in status["spaces"]] == ["v1", "v2"]
+    assert [(a["name"], a["direction"]) for a in status["adapters"]] == [("v2-to-v1", "backward")]
+
+
+def test_registered_artifacts_reproduce_the_reported_cell(trained) -> None:
+    """Reload v1, v2 and the adapter from the catalog: the new/old cell comes out the same."""
+    data, _, second = trained
+    ctx = open_context(data)
+    test = load_dataset("fashion-mnist")
+    x, y = torch.from_numpy(test.test_x[:500]), torch.from_numpy(test.test_y[:500])
+    with ctx.transaction() as session:
+        old, new = versions.get_version(session, "v1"), versions.get_version(session, "v2")
+        v1, v2 = versions.load_version_encoder(ctx, old), versions.load_version_encoder(ctx, new)
+        adapter = versions.query_adapter(ctx, session, new, old)
+    with torch.no_grad():
+        bridged = F.normalize(adapter(embed(v2, x)), dim=1)
+    cell = self_retrieval_metrics(bridged, embed(v1, x), y)
+    assert cell == pytest.approx(second["cells"]["new/old"], abs=1e-6)
+
+
+def test_models_show(trained) -> None:
+    data, _, second = trained
+    shown = json.loads(hotswap("models", "show", "v2", "--dir", str(data), "--json").stdout)
+    assert shown["encoder"] == "mlp" and shown["config"]["layer"] == "monarch"
+    assert len(shown["fingerprint"]["weights_sha256"]) == 64
+    (adapter,) = shown["adapters"]
+    assert (adapter["role"], adapter["direction"], adapter["target"]) == ("out", "backward", "v1")
+    assert adapter["metrics"]["new/old top1"] == pytest.approx(second["cells"]["new/old"]["top1"])
+    text = hotswap("models", "show", "v1", "--dir", str(data)).stdout
+    assert text.startswith("v1: 32-d, encoder mlp") and "adapter in   v2-to-v1" in text
+    missing = hotswap("models", "show", "v3", "--dir", str(data))
+    assert isinstance(missing.exception, NotFoundError) and "did you mean" in str(missing.exception)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (("--old", "v1", "--new", "v1"), InvalidInputError, "its own name"),
+        (("--old", "v1", "--new", "v3", "--method", "bt2"), InvalidInputError, "cannot be"),
+        (("--old", "v1", "--new", "v3", "--method", "bcx"), NotFoundError, "did you mean"),
+        (("--old", "v9", "--new", "v3"), NotFoundError, "unknown model version 'v9'"),
+        (("--old", "v1", "--new", "v2"), ConflictError, "'v2' already exists"),
+        (("--new", "v3", "--encoder-config", "{oops"), InvalidInputError, "encoder config"),
+        (("--new", "v3", "--encoder-config", '{"depth": 3}'), InvalidInputError, "no field"),
+    ],
+)
+def test_bad_input_changes_nothing(trained, args, error, message) -> None:
+    data = trained[0]
+    before = summary(open_context(data))
+    result = hotswap("train", "--dir", str(data), "--quick", *args)
+    assert isinstance(result.exception, error) and message in str(result.exception)
+    assert summary(open_context(data)) == before
+
+
+def test_users_own_arrays(tmp_path) -> None:
+    """--inputs/--labels: scikit-learn's real digits saved as the user's .npy files."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    np.save(tmp_path / "x.npy", (x / 16).astype(np.float32))
+    np.save(tmp_path / "y.npy", y.astype(np.int64))
+    data = tmp_path / "data"
+    assert hotswap("init", "--dir", str(data)).exit_code == 0
+    files = ("--inputs", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"))
+    result = hotswap("train", "--dir", str(data), "--new", "d1", "--quick", "--json", *files)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["dataset"] == "user arrays" and out["train_rows"] == round(len(y) * 0.8)
+    assert out["cells"]["new/new"]["top1"] > 0.5  # 10 classes: chance is 0.1
+    np.save(tmp_path / "short.npy", y[:-1].astype(np.int64))
+    bad = ("--inputs", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "short.npy"))
+    result = hotswap("train", "--dir", str(data), "--new", "d2", "--quick", *bad)
+    assert isinstance(result.exception, InvalidInputError) and "one label per" in str(
+        result.exception
+    )
+    fashion = hotswap("train", "--dir", str(data), "--old", "d1", "--new", "d3", "--quick")
+    assert isinstance(fashion.exception, InvalidInputError) and "width 784" in str(
+        fashion.exception
+    )
