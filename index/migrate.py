@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sqlalchemy import Select, delete, func, insert, literal, select, true, update
+from sqlalchemy import delete, func, insert, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from compat.vectors import check_vectors
@@ -55,6 +55,7 @@ from index.galleries import (
     point_space_at,
     staged_for,
 )
+from index.ledger import pending_tasks
 from index.search import read_only
 from index.store import GalleryStore
 from kernels.errors import ConflictError, CorruptArtifactError, InvalidInputError, NotFoundError
@@ -405,18 +406,6 @@ def _checked(vectors: torch.Tensor, ids: np.ndarray, dim: int) -> torch.Tensor:
     if len(x) != len(ids):
         raise InvalidInputError(f"re-embedding {len(ids)} items returned {len(x)} vectors")
     return x
-
-
-def pending_tasks(run_id: int) -> Select[int]:
-    """The run's pending items in migration order, the one order every engine follows.
-
-    Ties by task id, which plan() assigns in item id order: unlike item_id, it is in the
-    (run_id, state, priority) index (as SQLite's rowid), so no sort per wave."""
-    return (
-        select(BackfillTask.item_id)
-        .where(BackfillTask.run_id == run_id, BackfillTask.state == "pending")
-        .order_by(BackfillTask.priority, BackfillTask.id)
-    )
 
 
 def _next_ids(

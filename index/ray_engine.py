@@ -3,7 +3,7 @@
 The pipeline (one per :meth:`RayEngine.waves` call, i.e. per ``migrate.run``)::
 
     ledger pages (Ray tasks: SQL reads of pending tasks, in migration order)
-      -> map_batches(_Embedder), an actor pool: each actor builds its encoder ONCE
+      -> map_batches(Embedder), an actor pool: each actor builds its encoder ONCE
          (``EncoderFactory``; on a GPU when the cluster has them) and embeds batches
       -> iter_batches(wave_size) in the driver -> migrate.run commits each wave
 
@@ -22,26 +22,21 @@ Ray is the ``scale`` extra, imported lazily: without it, building an engine rais
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import func, select, tuple_
 
-from index import db
-from index.catalog import BackfillTask
-from index.context import Context, open_context
-from index.migrate import MIGRATION_ORDER, Reembed, Waves, pending_tasks
+from index.context import Context
+from index.ledger import page_bounds
+from index.migrate import Waves
+from index.ray_workers import Embedder, EncoderFactory, ItemVectors, read_pages
 from index.search import read_only
-from index.sources import precomputed_source
-from kernels.errors import InvalidInputError
+from index.sources import _rows_by_item_id
+from kernels.errors import HotswapError, InvalidInputError
 from kernels.optional import require
-from models.vector_files import load_ids, load_vectors
-
-EncoderFactory = Callable[[], Reembed]  # picklable; called once per actor, on its machine
-Key = tuple[float, int]  # (priority, task id): a position in the migration order
+from models.vector_files import load_ids
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,6 +79,8 @@ class RayEngine:
                 yield batch["item_id"].astype(np.int64), torch.from_numpy(batch["vector"])
                 if limit is not None and done >= limit:
                     return
+        except Exception as e:
+            raise _domain_error(e) or e from e
         finally:
             close = getattr(batches, "close", None)
             if close is not None:  # stops the streaming executor and its actors now
@@ -93,7 +90,8 @@ class RayEngine:
         ray = self.ray
         if not ray.is_initialized():
             ray.init(address=self.config.address)
-        bounds = ledger_bounds(ctx, run_id, self.config.page_size)
+        with read_only(ctx) as session:
+            bounds = page_bounds(session, run_id, self.config.page_size)
         url = ctx.engine.url.render_as_string(hide_password=False)
         # One in-memory block per page: a read operator would want a CPU the encoders hold.
         pages = ray.data.from_numpy([np.array([p]) for p in range(len(bounds) + 1)])
@@ -104,7 +102,7 @@ class RayEngine:
             num_cpus=0,  # SQL reads: the CPUs belong to the encoders
         )
         embedded = ids.map_batches(
-            _Embedder,
+            Embedder,
             fn_constructor_args=(self.encoder,),
             batch_size=self.config.batch_size,
             batch_format="numpy",
@@ -123,90 +121,29 @@ class RayEngine:
         return 1.0 if have >= self.config.workers else 0.0
 
 
-def ledger_bounds(ctx: Context, run_id: int, page_size: int) -> list[Key]:
-    """Every ``page_size``-th pending task's key, in migration order: page i holds the tasks
-    after key i-1 up to key i (the last page: everything after the last key). One SQL scan
-    done by the database; the driver holds total/page_size keys, never the ledger."""
-    rank = func.row_number().over(order_by=MIGRATION_ORDER).label("rank")
-    ranked = (
-        select(BackfillTask.priority, BackfillTask.id, rank)
-        .where(BackfillTask.run_id == run_id, BackfillTask.state == "pending")
-        .subquery()
-    )
-    query = (
-        select(ranked.c.priority, ranked.c.id)
-        .where(ranked.c.rank % page_size == 0)
-        .order_by(ranked.c.rank)
-    )
-    with read_only(ctx) as session:
-        return [(float(p), int(i)) for p, i in session.execute(query)]
-
-
-def read_pages(
-    batch: dict[str, np.ndarray], *, url: str, run_id: int, bounds: list[Key]
-) -> dict[str, np.ndarray]:
-    """Ray task: page numbers (b,) -> their pending item ids, in migration order."""
-    engine = db.connect(url)
-    try:
-        with engine.connect() as connection:
-            ids = [
-                item
-                for page in batch["data"].tolist()
-                for item in connection.scalars(_page(run_id, bounds, int(page)))
-            ]
-    finally:
-        engine.dispose()
-    return {"item_id": np.array(ids, dtype=np.int64)}
-
-
-def _page(run_id: int, bounds: list[Key], page: int) -> Any:
-    key = tuple_(*MIGRATION_ORDER)
-    query = pending_tasks(run_id)
-    if page > 0:
-        query = query.where(key > tuple_(*bounds[page - 1]))
-    if page < len(bounds):
-        query = query.where(key <= tuple_(*bounds[page]))
-    return query
-
-
-class _Embedder:
-    """One actor of the pool: builds its encoder once, then embeds batch after batch."""
-
-    def __init__(self, encoder: EncoderFactory) -> None:
-        self.reembed = encoder()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = batch["item_id"].astype(np.int64)  # (b,)
-        vectors = torch.as_tensor(self.reembed(ids)).detach().cpu().float().numpy()  # (b, d)
-        if vectors.ndim != 2 or len(vectors) != len(ids):  # migrate.run checks width and values
-            raise InvalidInputError(
-                f"re-embedding {len(ids)} items returned an array of shape {vectors.shape}"
-            )
-        return {"item_id": ids, "vector": vectors}
-
-
-@dataclasses.dataclass(frozen=True)
-class Precomputed:
-    """An :data:`EncoderFactory` for precomputed vectors (``hotswap migrate start --engine ray``):
-    each actor reads the files itself, so on a cluster they must sit on storage every node sees,
-    and the catalog must be a database every node reaches (PostgreSQL)."""
-
-    data_dir: Path
-    url: str
-    ids: Path
-    vectors: Path
-
-    def __call__(self) -> Reembed:
-        ctx = open_context(self.data_dir, self.url)
-        try:
-            return precomputed_source(ctx, load_ids(self.ids), load_vectors(self.vectors))
-        finally:
-            ctx.engine.dispose()
-
-
 def precomputed_engine(
     ctx: Context, ids: Path, vectors: Path, config: RayEngineConfig | None = None
 ) -> RayEngine:
-    url = ctx.engine.url.render_as_string(hide_password=False)
-    files = Precomputed(ctx.data_dir.resolve(), url, ids.resolve(), vectors.resolve())
-    return RayEngine(files, config)
+    """``hotswap migrate start --engine ray``: actors memory-map the .npy file (on a cluster it
+    must sit on storage every node sees); external ids are resolved to item ids here, once."""
+    external = load_ids(ids)
+    table = np.load(vectors, mmap_mode="r", allow_pickle=False) if vectors.is_file() else None
+    if vectors.suffix != ".npy" or table is None or table.ndim != 2 or len(table) != len(external):
+        raise InvalidInputError(
+            f"{vectors} must be a .npy (N, d) array with one row per line of {ids}",
+            fix="write the vectors with numpy.save, in the order of the ids file",
+        )
+    row_of = _rows_by_item_id(ctx, external)
+    item_ids = np.array(sorted(row_of), dtype=np.int64)
+    rows = np.array([row_of[int(i)] for i in item_ids], dtype=np.int64)
+    return RayEngine(ItemVectors(item_ids, rows, vectors.resolve()), config)
+
+
+def _domain_error(error: BaseException) -> HotswapError | None:
+    """The hotswap error an actor raised, under the exceptions Ray wraps it in."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, HotswapError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None

@@ -26,6 +26,7 @@ from index import galleries, migrate, versions
 from index.catalog import EmbeddingSpace, Item, ItemEmbedding
 from index.context import Context, open_context
 from index.doctor import SNAPSHOT, doctor
+from index.ray_workers import ItemVectors
 from index.search import MixedSearcher
 from models.encoders import MLPEncoderConfig, build_encoder
 from tests.index.fixtures import unit_vectors
@@ -167,3 +168,25 @@ def _kinds(ctx: Context, names: list[str]) -> list[str]:
             newer = int(match["seq"]) > seq[match["space"]]
             kinds.append("uncommitted" if newer else "superseded")
     return kinds
+
+
+# ---- the Ray engine (tests/index/test_ray_engine.py) ------------------------------------------
+
+
+def ray_encoder() -> ItemVectors:
+    """What each Ray actor builds its encoder from: ``reembed``'s table, shipped by value (an
+    actor that imported this module would spend seconds importing torch and FAISS)."""
+    return ItemVectors(np.arange(1, N + 1), np.arange(N), NEW_VECTORS[1:])
+
+
+def ray_migrate_child(
+    data_dir: str, url: str | None, run_id: int, wave_size: int, address: str
+) -> None:
+    """A migrating driver on the Ray engine, attached to the test's cluster at ``address``."""
+    import ray
+
+    from index.ray_engine import RayEngine, RayEngineConfig
+
+    ray.init(address=address, log_to_driver=False)
+    engine = RayEngine(ray_encoder(), RayEngineConfig(workers=2, batch_size=16, page_size=64))
+    migrate.run(open_context(Path(data_dir), url), run_id, engine, wave_size=wave_size)
