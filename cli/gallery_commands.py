@@ -16,19 +16,32 @@ VectorsFile = Annotated[Path, typer.Option("--vectors", help="float32 (N, d) arr
 @app.command(rich_help_panel="Serve and inspect")
 def ingest(
     space: Annotated[str, typer.Option(help="Embedding space that receives the vectors.")],
-    vectors: VectorsFile,
-    ids: Annotated[Path, typer.Option("--ids", help="External ids, one per line, row-aligned.")],
+    vectors: Annotated[
+        Path,
+        typer.Option("--vectors", help="float32 (N, d) .npy, or .parquet (id + vector columns)."),
+    ],
+    ids: Annotated[
+        Path | None, typer.Option("--ids", help="External ids, one per line (with .npy).")
+    ] = None,
+    id_column: Annotated[str, typer.Option(help="Parquet: the id column.")] = "id",
+    vector_column: Annotated[str, typer.Option(help="Parquet: the vector column.")] = "embedding",
     directory: DataDir = DEFAULT_DIR,
     database: Database = None,
     as_json: Json = False,
 ) -> None:
     """Add items with precomputed vectors to a space (all or nothing: bad input changes nothing)."""
+    from index import galleries
     from index.context import open_context
-    from index.galleries import ingest as ingest_items
+    from kernels.errors import InvalidInputError
     from models.vector_files import load_ids, load_vectors
 
     ctx = open_context(directory, database)
-    item_ids = ingest_items(ctx, space, load_ids(ids), load_vectors(vectors))
+    if vectors.suffix == ".parquet":
+        item_ids = galleries.ingest_parquet(ctx, space, vectors, id_column, vector_column)
+    elif ids is None:
+        raise InvalidInputError("--ids is required with a .npy vectors file")
+    else:
+        item_ids = galleries.ingest(ctx, space, load_ids(ids), load_vectors(vectors))
     result = {"space": space, "ingested": len(item_ids)}
     emit(
         result,
@@ -43,7 +56,9 @@ def query(
     version: Annotated[str, typer.Option(help="Model version that embedded the queries.")],
     vectors: VectorsFile,
     k: Annotated[int, typer.Option("-k", min=1, max=10_000, help="Results per query.")] = 10,
-    policy: Annotated[str, typer.Option(help="Merge policy: score, rrf, native_first.")] = "score",
+    policy: Annotated[
+        str, typer.Option(help="Merge policy: score, calibrated, rrf, native_first.")
+    ] = "score",
     directory: DataDir = DEFAULT_DIR,
     database: Database = None,
 ) -> None:
