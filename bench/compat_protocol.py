@@ -31,6 +31,15 @@ this file; plots: compat_chains.png (chain compatibility matrices), compat_backf
 """
 
 
+NOTES = "\n## Reading"  # a hand-written section from here on survives a re-run
+
+
+def _kept_notes(document: Path) -> str:
+    """The hand-written part of an existing results document (from ``NOTES`` on), or nothing."""
+    text = document.read_text() if document.exists() else ""
+    return text[text.index(NOTES) :] if NOTES in text else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, tiny subsets (the test)")
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         head = HEADER.format(
             command=command, seconds=results["seconds"], threads=args.threads, machine=machine
         )
-        args.document.write_text(head + tables)
+        args.document.write_text(head + tables + _kept_notes(args.document))
     print(tables)
     return 0
 

@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import Any
 
 CELLS = ("old/old", "new/old", "new/new")
-TRAINING_TIME = ("bct", "bct_paper", "bt2", "oca", "simplex", "ract", "bct@monarch", "bt2@monarch")
+TRAINING_TIME = (
+    "bct",
+    "bct_paper",
+    "bt2",
+    "bt2_light",
+    "oca",
+    "simplex",
+    "ract",
+    "bct@monarch",
+    "bt2@monarch",
+)
 MAX_TAX = 0.01  # issue 3: tax <= 1 point top-1
 
 
