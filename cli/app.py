@@ -76,3 +76,5 @@ def emit(result: Any, as_json: bool, text: str) -> None:
 
 # Registers `hotswap bench`; imported last because it uses app, emit and Json from above.
 from cli import bench_commands  # noqa: E402, F401
+# Registers `hotswap eval` (bridge or backfill? from vector files), same reason.
+from cli import eval_commands  # noqa: E402, F401
