@@ -31,8 +31,9 @@ from kernels.errors import InvalidInputError
 from kernels.project import EPS, _as, _check_devices, _check_dtypes, _compute_dtype, _normalize_
 
 # Rows per chunk on CPU. Unchunked Monarch at B=16384 is slower than dense: the permutation
-# copies fall out of cache; 512-2048 rows per chunk keeps the 2-3x gain (kernels.md section 2).
-CPU_CHUNK_ROWS = 1024
+# copies fall out of cache. At d=1024, 256 rows (1 MiB of fp32 per copy) measured best:
+# 2.7-3.1x dense `project` against 2.0-2.5x with 1024 (docs/results/structured.md).
+CPU_CHUNK_ROWS = 256
 TRITON_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
 
@@ -171,31 +172,61 @@ def project_monarch_ref(
     return y.to(out_dtype or x.dtype)
 
 
-def _rows(x: Tensor, m: MonarchMap) -> Tensor:
-    """The torch path on one chunk: (B, d_in) -> (B, d_out) with bias, in the compute dtype.
+def _product(x: Tensor, m: MonarchMap) -> Tensor:
+    """Both products on (B, d_in) rows, bias included, left in the last bmm's layout.
 
-    Two (baddbmm) products and three layout copies; at B=1 each op is a few microseconds of
-    dispatch, so the copies are single ``as_strided`` reads rather than view chains.
+    Returns (l, B, s) (output feature ss*l + ll at [ll, b, ss]), or (k, B, q) without w2.
+    Two (baddbmm) products and two layout copies.
     """
     batch = x.shape[0]
-    k, p, q = m.w1t.shape
+    k, p, _ = m.w1t.shape
     if x.shape[1] != k * p:
         x = F.pad(x, (0, k * p - x.shape[1]))
-    if batch == 1 and m.w2t is not None:
-        return _one_row(x, m, m.w2t)
     # (B, k*p) -> (k, B, p): bmm wants the block index first (a no-op copy at B=1)
     xt = x.view(batch, k, p).transpose(0, 1).contiguous()
     if m.w2t is None:
-        # (k, B, p) @ (k, p, q) [+ (k, 1, q)] -> (k, B, q) -> (B, k*q)
-        h = _bmm(m.bias_t, xt, m.w1t)
-        return h.transpose(0, 1).reshape(batch, k * q)[:, : m.d_out]
-    l, r, s = m.w2t.shape  # noqa: E741
+        return _bmm(m.bias_t, xt, m.w1t)  # (k, B, p) @ (k, p, q) [+ (k, 1, q)] -> (k, B, q)
+    l, r, _ = m.w2t.shape  # noqa: E741
     h = torch.bmm(xt, m.w1t)  # (k, B, q)
     # (k, B, q) -> (B, k*q) read as (B, r, l) -> (l, B, r): the stride permutation
     h = h.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1).contiguous()
-    z = _bmm(m.bias_t, h, m.w2t)  # (l, B, r) @ (l, r, s) [+ (l, 1, s)] -> (l, B, s)
-    # (l, B, s) -> (B, s, l) -> (B, s*l)
-    return z.permute(1, 2, 0).reshape(batch, s * l)[:, : m.d_out]
+    return _bmm(m.bias_t, h, m.w2t)  # (l, B, r) @ (l, r, s) [+ (l, 1, s)] -> (l, B, s)
+
+
+def _as_rows(z: Tensor, m: MonarchMap) -> Tensor:
+    """(l, B, s) -> (B, s, l) -> (B, s*l), or (k, B, q) -> (B, k*q); cropped to d_out."""
+    batch = z.shape[1]
+    grid = z.permute(1, 2, 0) if m.w2t is not None else z.transpose(0, 1)
+    return grid.reshape(batch, -1)[:, : m.d_out]
+
+
+def _rows(x: Tensor, m: MonarchMap) -> Tensor:
+    """The torch path on one chunk: (B, d_in) -> (B, d_out) with bias, in the compute dtype."""
+    if x.shape[0] == 1 and m.w2t is not None:
+        k, p, _ = m.w1t.shape
+        x = x if x.shape[1] == k * p else F.pad(x, (0, k * p - x.shape[1]))
+        return _one_row(x, m, m.w2t)
+    return _as_rows(_product(x, m), m)
+
+
+def _rows_into(x: Tensor, m: MonarchMap, out: Tensor, normalize: bool) -> None:
+    """``_rows`` (+ normalize) written straight into ``out`` (B, d_out), any dtype; no autograd.
+
+    The chunk is normalized while it is still in cache, and the final layout copy doubles as
+    the cast and as the write into the result (no torch.cat pass over the output).
+    """
+    z = _product(x, m)
+    if z.shape[0] * z.shape[2] != m.d_out:  # cropped: the crop needs the row layout first
+        y = _as_rows(z, m)
+        out.copy_(_normalize_(y) if normalize else y)
+        return
+    if normalize:  # the row norm over the whole (block, entry) grid of each row
+        norm = torch.linalg.vector_norm(z, dim=(0, 2), keepdim=True).clamp_min_(EPS)
+        z = z.div_(norm)
+    if m.w2t is not None:
+        out.view(z.shape[1], z.shape[2], z.shape[0]).copy_(z.permute(1, 2, 0))
+    else:
+        out.view(z.shape[1], z.shape[0], z.shape[2]).copy_(z.transpose(0, 1))
 
 
 def _one_row(x: Tensor, m: MonarchMap, w2t: Tensor) -> Tensor:
@@ -240,11 +271,14 @@ def _monarch_torch(
         if ct != m.w1t.dtype:  # e.g. fp64 rows through fp32 factors: accumulate in fp64
             m = prepare_monarch(m.w1.to(ct), _maybe(m.w2, ct), _maybe(m.bias, ct), d_out=m.d_out)
         x = _as(x, ct)
-        if x.device.type == "cpu" and x.shape[0] > chunk_rows:
-            # split/cat are differentiable, so chunking keeps autograd intact
-            y = torch.cat([_rows(c, m) for c in x.split(chunk_rows)])
-        else:
-            y = _rows(x, m)
+        chunked = x.device.type == "cpu" and x.shape[0] > chunk_rows
+        if chunked and not grad:
+            out = torch.empty(x.shape[0], m.d_out, dtype=out_dtype, device=x.device)
+            for i in range(0, x.shape[0], chunk_rows):
+                _rows_into(x[i : i + chunk_rows], m, out[i : i + chunk_rows], normalize)
+            return out
+        # split/cat are differentiable, so chunking keeps autograd intact
+        y = torch.cat([_rows(c, m) for c in x.split(chunk_rows)]) if chunked else _rows(x, m)
         if normalize:
             # y is a fresh buffer (or a crop of one); in place only when autograd is off
             y = F.normalize(y, dim=1, eps=EPS) if grad else _normalize_(y)

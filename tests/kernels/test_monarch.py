@@ -27,6 +27,7 @@ SHAPES = [
     (2, 4, 5, 4, 3, 2, 9, 12),
     (4, 16, 16, 4, 16, 16, 60, 50),
     (3, 5, 7, None, None, None, 20, 14),
+    (2, 3, 4, None, None, None, 7, 6),
 ]
 
 
@@ -130,6 +131,17 @@ def test_torch_path_dtypes(dtype: torch.dtype, out_dtype: torch.dtype) -> None:
     got = project_monarch(x, w1, w2, b, d_out=12, normalize=True, out_dtype=out_dtype)
     want = project_monarch_ref(x, w1, w2, b, d_out=12, normalize=True, out_dtype=out_dtype)
     assert got.dtype == out_dtype and not got.is_inference()
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[4]])  # uncropped: written in place per chunk
+def test_chunked_inference_casts_and_normalizes_in_place(shape: tuple[Any, ...]) -> None:
+    x, w1, w2, b = _data(shape, 3 * 16 + 5)
+    m = prepare_monarch(w1, w2, b)
+    with torch.no_grad():
+        got = apply_monarch(x, m, normalize=True, out_dtype=torch.float16, chunk_rows=16)
+    want = project_monarch_ref(x, w1, w2, b, normalize=True, out_dtype=torch.float16)
+    assert got.dtype == torch.float16
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
 
 
