@@ -39,7 +39,15 @@ from index.catalog import (
     utcnow,
 )
 from index.context import Context
-from index.galleries import SQL_CHUNK, chunked, discard, load_store, point_space_at, staged_for
+from index.galleries import (
+    SQL_CHUNK,
+    chunked,
+    discard,
+    empty_store,
+    load_store,
+    point_space_at,
+    staged_for,
+)
 from index.migrate import Reembed, hand_back, stored_vectors
 from index.store import GalleryStore
 from kernels.errors import HotswapError, InvalidInputError
@@ -204,7 +212,7 @@ def _read_space(ctx: Context, session: Session, space: EmbeddingSpace) -> _Space
     rows = session.scalars(select(ItemEmbedding.item_id).where(ItemEmbedding.space_id == space.id))
     state = _SpaceState(space, np.array(sorted(rows), dtype=np.int64), None)
     if space.index_path is None:
-        state.store = GalleryStore.create(space.model_version.dim, space.index_factory)
+        state.store = empty_store(space)  # the space's kind and params
         return state
     try:
         ctx.path(space.index_path)
@@ -276,7 +284,7 @@ def _rebuild(
     space, done = state.space, []
     store = state.store
     if store is None:  # missing or corrupt: start empty; the plan has a source for every row
-        store = GalleryStore.create(space.model_version.dim, space.index_factory)
+        store = empty_store(space)
         done.append("rebuilt the index from its sources")
     if len(extra):
         store.remove(extra)

@@ -5,11 +5,14 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import func, select
 
-from index import galleries, versions
+from index import galleries, migrate, versions
 from index.catalog import Item
 from index.context import open_context
+from index.doctor import doctor
+from index.search import MixedSearcher
 from index.store import HNSWConfig, HNSWStore, IVFStore
 from kernels.errors import (
     ConflictError,
@@ -18,7 +21,7 @@ from kernels.errors import (
     MissingExtraError,
     NotFoundError,
 )
-from tests.index.fixtures import OLD_DIM, new_deployment, unit_vectors
+from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
 from tests.pg import database_url
 
 
@@ -259,3 +262,28 @@ def test_ingest_locks_its_space_row_on_postgresql(tmp_path) -> None:
             store = galleries.load_store(ctx, space)  # checksum and ntotal agree with the catalog
         assert (space.ntotal, space.snapshot_seq) == (801, 5) and store.ntotal == 801
         ctx.engine.dispose()
+
+
+def test_migration_search_and_doctor_keep_each_space_kind(tmp_path) -> None:
+    """A migration into an HNSW space, searched while the IVF source holds the rest; doctor
+    rebuilds a lost HNSW file with the space's own parameters."""
+    ctx = new_deployment(tmp_path / "data")
+    old = unit_vectors(120, OLD_DIM, seed=11)
+    new = unit_vectors(120, NEW_DIM, seed=12)
+    ids = np.array(galleries.ingest(ctx, "v1", [f"i{n}" for n in range(120)], old))
+    galleries.rebuild_space(ctx, "v1", kind="IVF", params={"min_train": 78, "nprobe": 2})
+    galleries.rebuild_space(ctx, "v2", kind="HNSW", params={"m": 8})
+    run_id = migrate.plan(ctx, "v1", "v2", ordering="insertion")
+    migrate.run(ctx, run_id, lambda b: torch.from_numpy(new[b - ids[0]]), wave_size=60, max_waves=1)
+    result = MixedSearcher.open(ctx, "v2").search(torch.from_numpy(new[:5]), k=1)
+    assert result.ids[:, 0].tolist() == ids[:5].tolist()  # migrated items answer natively
+    with ctx.transaction() as session:
+        path = ctx.path(galleries.get_space(session, "v2").index_path or "")
+    path.unlink()
+    report = doctor(ctx, repair=True, reembed={"v2": lambda b: torch.from_numpy(new[b - ids[0]])})
+    assert any(f.repaired for f in report.findings)
+    with ctx.transaction() as session:
+        store = galleries.load_store(ctx, galleries.get_space(session, "v2"))
+        source = galleries.load_store(ctx, galleries.get_space(session, "v1"))
+    assert isinstance(store, HNSWStore) and store.config.m == 8 and store.ntotal == 60
+    assert isinstance(source, IVFStore) and source.trained and source.config.nprobe == 2
