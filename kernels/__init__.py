@@ -1,16 +1,36 @@
 """Leaf package: fused ops (pure-torch reference + Triton kernel + one dispatch point) and errors.
 
 Public API: ``project``, ``project_ref``, ``project_int8`` (-> ``Int8Rows``), ``ip_topk``,
-``ip_topk_ref`` (-> ``TopK``), ``backend``. Importing this package imports torch (not
-triton). The exports are bound eagerly on purpose: ``project`` is both a submodule and a function,
-and only an eager ``from ... import`` guarantees ``kernels.project`` is the function (a lazy PEP 562
-export would be overwritten by the submodule the first time anything imports ``kernels.project``).
-Use ``importlib.import_module("kernels.project")`` to reach the module itself.
+``ip_topk_ref`` (-> ``TopK``), ``backend``. They resolve lazily (PEP 562), so that
+``import kernels.errors`` (what the CLI needs to map errors to exit codes) does not import torch;
+``kernels.dispatch`` and ``kernels.optional`` are torch-free too. Nothing here imports triton.
+
+``kernels.project`` names both a submodule and the op. The import system binds the submodule onto
+the package the first time anything imports it, so the attribute cannot reliably be the function;
+instead the submodule is callable and forwards to the function: ``kernels.project(x, w)`` runs the
+op whichever import came first, and ``from kernels.project import ...`` works as for any module.
 """
 
-from kernels.dispatch import backend
-from kernels.project import Int8Rows, project, project_int8, project_ref
-from kernels.topk import TopK, ip_topk, ip_topk_ref
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see: the functions themselves
+    from kernels.dispatch import backend
+    from kernels.project import Int8Rows, project, project_int8, project_ref
+    from kernels.topk import TopK, ip_topk, ip_topk_ref
+
+_OWNERS = {
+    "backend": "kernels.dispatch",
+    "Int8Rows": "kernels.project",
+    "project": "kernels.project",
+    "project_int8": "kernels.project",
+    "project_ref": "kernels.project",
+    "TopK": "kernels.topk",
+    "ip_topk": "kernels.topk",
+    "ip_topk_ref": "kernels.topk",
+}
 
 __all__ = [
     "Int8Rows",
@@ -22,3 +42,15 @@ __all__ = [
     "project_int8",
     "project_ref",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    owner = _OWNERS.get(name)
+    if owner is None:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    module = importlib.import_module(owner)
+    if name == "project":
+        return module  # the callable submodule, which the import just bound here
+    value = getattr(module, name)
+    globals()[name] = value  # resolved once
+    return value

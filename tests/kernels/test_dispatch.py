@@ -123,3 +123,31 @@ def test_light_imports() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("HOTSWAP_KERNELS", "TRITON_INTERPRET")}
     env["CUDA_VISIBLE_DEVICES"] = ""
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
+
+
+def _fresh_python(code: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("HOTSWAP_KERNELS", "TRITON_INTERPRET")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
+
+
+def test_errors_import_without_torch() -> None:
+    """The CLI imports kernels.errors to map errors to exit codes: that must not import torch."""
+    _fresh_python(
+        "import sys, kernels.errors, kernels.dispatch, kernels.optional\n"
+        "assert 'torch' not in sys.modules, 'kernels.errors imported torch'\n"
+    )
+
+
+def test_project_is_callable_whichever_import_comes_first() -> None:
+    """The submodule imported first (it then shadows the export): ``kernels.project()`` still runs."""
+    _fresh_python(
+        "import torch\n"
+        "from kernels.project import project_ref\n"
+        "import kernels\n"
+        "x, w = torch.ones(2, 3), torch.arange(12.0).view(3, 4)\n"
+        "ref = project_ref(x, w, normalize=True)\n"
+        "assert torch.equal(kernels.project(x, w, normalize=True), ref)\n"
+        "from kernels import project\n"
+        "assert torch.equal(project(x, w, normalize=True), ref)\n"
+    )
