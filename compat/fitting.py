@@ -51,10 +51,17 @@ class FitOptions(Config):
     # L2-normalize both sides first (held-out pairs too): the spaces are compared by cosine, and
     # stored/query vectors are unit rows, so the fit sees what serving will feed the adapter.
     normalize: bool = True
+    # Weight of an in-batch InfoNCE term added to the adapter's own loss: mapped x_i must be nearer
+    # its y_i than the batch's other y_j (cosine / temperature). MSE alone pulls each point toward
+    # its target but does not teach the map what to keep apart, which is what retrieval needs.
+    contrastive: float = 0.0
+    temperature: float = 0.05
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1 and self.batch_size >= 1, f"epochs, batch_size must be >= 1: {self}")
         check(self.lr > 0 and self.weight_decay >= 0, f"lr must be > 0, weight_decay >= 0: {self}")
+        check(self.contrastive >= 0, f"contrastive must be >= 0, got {self.contrastive}")
+        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +193,10 @@ def _train(adapter: Adapter, x: Tensor, y: Tensor, options: FitOptions, seed: in
         order, total = torch.randperm(len(x), generator=generator), 0.0
         for batch in order.split(options.batch_size):
             loss = adapter.training_loss(x[batch], y[batch])
+            if options.contrastive > 0:
+                loss = loss + options.contrastive * info_nce(
+                    adapter(x[batch]), y[batch], options.temperature
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -193,6 +204,12 @@ def _train(adapter: Adapter, x: Tensor, y: Tensor, options: FitOptions, seed: in
             total += loss.item() * len(batch)
         losses.append(total / len(x))
     return losses
+
+
+def info_nce(mapped: Tensor, target: Tensor, temperature: float) -> Tensor:
+    """Mean cross-entropy of row i picking target i among the batch's targets: (B, d), (B, d) -> ()."""
+    logits = F.normalize(mapped, dim=1) @ F.normalize(target, dim=1).T / temperature  # (B, B)
+    return F.cross_entropy(logits, torch.arange(len(mapped), device=mapped.device))
 
 
 def select_adapter(

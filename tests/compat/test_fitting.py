@@ -1,11 +1,13 @@
 """Post-hoc fitting: gradient-trained adapters, the selection, and input validation."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from compat.adapters import ADAPTERS, build_adapter
-from compat.fitting import FitOptions, fit_adapter, pair_scores, select_adapter
+from compat.fitting import FitOptions, fit_adapter, info_nce, pair_scores, select_adapter
 from compat.linear_adapters import orthogonality_gap
 from compat.solvers import procrustes_map
 from kernels.errors import DirectionError, InvalidInputError
@@ -191,3 +193,34 @@ def test_inputs_are_validated() -> None:
         select_adapter(x, y, ["affine"], direction="backward", criterion="mrr")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="cannot be split"):
         select_adapter(x[:4], y[:4], ["affine"], direction="backward")
+
+
+def test_info_nce_against_its_definition() -> None:
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    sims = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / 0.1
+    by_hand = -torch.stack([sims[i, i] - torch.logsumexp(sims[i], dim=0) for i in range(6)]).mean()
+    assert float(info_nce(a, b, 0.1)) == pytest.approx(float(by_hand), rel=1e-6)
+
+
+def test_contrastive_term_is_validated_and_trains_towards_retrieval() -> None:
+    with pytest.raises(InvalidInputError, match="contrastive"):
+        FitOptions(contrastive=-1.0)
+    with pytest.raises(InvalidInputError, match="temperature"):
+        FitOptions(temperature=0.0)
+    x, y, _ = rotated_pairs(256, 12, 8, 0.3, seed=6)  # noisy: MSE alone leaves neighbours mixed
+    options = FitOptions(epochs=30, batch_size=64, lr=1e-2, contrastive=1.0, temperature=0.1)
+    config = {"hidden": 16}
+
+    def fit(opts: FitOptions):
+        return fit_adapter(
+            "residual_mlp", x, y, direction="backward", config=config, options=opts, seed=1
+        )
+
+    report, again = fit(options), fit(options)
+    assert report.losses == again.losses  # seeded
+    assert report.losses[-1] < report.losses[0]
+    mse_only = fit(dataclasses.replace(options, contrastive=0.0))
+    xn, yn = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    nce = float(info_nce(report.adapter.transform(xn), yn, 0.1))
+    assert nce < float(info_nce(mse_only.adapter.transform(xn), yn, 0.1))
