@@ -54,23 +54,22 @@ def main(argv: list[str] | None = None) -> int:
         config = config.replace(seeds=tuple(range(args.seeds)))
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
-    def checkpoint(partial: dict[str, Any]) -> None:  # a long run keeps each finished seed
+    def write(partial: dict[str, Any], *, plots: bool) -> None:
+        """Every output so far: a long run keeps each finished seed."""
         if args.out:
-            write_outputs(partial, args.out, plots=False)
+            write_outputs(partial, args.out, plots=plots)
+        if args.document:
+            command = "python -m bench.compat_protocol " + " ".join(argv or sys.argv[1:])
+            machine = f"{platform.machine()}, torch {torch.__version__}"
+            head = HEADER.format(
+                command=command, seconds=partial["seconds"], threads=args.threads, machine=machine
+            )
+            text = head + render_tables(partial) + _kept_notes(args.document)
+            args.document.write_text(text)
 
-    results = run_protocol(config, say, checkpoint)
+    results = run_protocol(config, say, lambda partial: write(partial, plots=False))
+    write(results, plots=True)
     tables = render_tables(results)
-    if args.out:
-        write_outputs(results, args.out)
-    if args.document:
-        machine = (
-            f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        )
-        command = "python -m bench.compat_protocol " + " ".join(argv or sys.argv[1:])
-        head = HEADER.format(
-            command=command, seconds=results["seconds"], threads=args.threads, machine=machine
-        )
-        args.document.write_text(head + tables + _kept_notes(args.document))
     print(tables)
     return 0
 

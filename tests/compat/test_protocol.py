@@ -136,3 +136,19 @@ def test_targets_say_met_and_missed() -> None:
     missed = {t["target"]: t["met"] for t in targets(_results(0.69, 2 / 3, 0.04))}
     assert not any(v for k, v in missed.items())
     assert "**MISSED**" in render_tables(_results(0.69, 2 / 3, 0.04))
+
+
+def test_backfill_metric_is_cmc_top1() -> None:
+    """The curves' MRR@1 under label relevance, self-match removed, equals the cells' CMC top-1."""
+    from compat.backfill_curves import Relevance, cosine, evaluate
+    from compat.metrics import self_retrieval_metrics
+    from compat.protocol_backfill import METRIC
+
+    x, labels = _clustered(3, n=300)
+    y = (
+        x + torch.randn(x.shape, generator=torch.Generator().manual_seed(4)) * 3
+    )  # a noisy 2nd space
+    relevance = Relevance.labels(labels, labels, self_match=True)
+    assert evaluate(cosine(x, y), relevance, (1,))[METRIC] == pytest.approx(
+        self_retrieval_metrics(x, y, labels)["top1"]
+    )
