@@ -325,7 +325,7 @@ def bench_topk_cpu(rep: Report, timer: Timer, args: argparse.Namespace) -> None:
         }
         times = race(timer, c, args.rounds)
         rep.add("ip_topk", f"N={n:.0e} d={d} fp32 Q={n_q} k={k}", times, n * d * 4, 2 * n_q * n * d)
-        rows, block = min(chunk_rows(n_q, d, k), n), min(n_q, QUERY_BLOCK)
+        rows, block = min(chunk_rows(n_q, d, k, upcast=False), n), min(n_q, QUERY_BLOCK)
         print(
             f"(score memory: matmul + topk holds {n_q * n * 4 / 2**20:.1f} MiB; ip_topk one "
             f"{block} x {rows} tile, {block * rows * 4 / 2**20:.1f} MiB)"

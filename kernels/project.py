@@ -58,10 +58,19 @@ def quantize_rows(y: Tensor) -> Int8Rows:
     ``q = round_half_even(y * (127 / amax))`` clamped to [-127, 127], ``scale = amax / 127`` with
     ``amax = max|y[i]|``; the Triton epilogue performs the same fp32 operations in the same order.
     """
-    y = _as(y, torch.float32)
-    amax = y.abs().amax(dim=1) if y.shape[1] else y.new_zeros(y.shape[0])  # (N,)
+    return _quantize_rows_(y.to(torch.float32, copy=True))
+
+
+def _quantize_rows_(y: Tensor) -> Int8Rows:
+    """``quantize_rows`` of an (N, d) fp32 buffer the caller owns, overwritten on the way."""
+    # the inf-norm is max|y| in one pass, without an |y| temporary
+    amax = (
+        torch.linalg.vector_norm(y, ord=float("inf"), dim=1)
+        if y.shape[1]
+        else y.new_zeros(y.shape[0])
+    )
     inv = torch.where(amax > 0, INT8_MAX / amax, 0.0)  # 127/0 = inf is computed, then discarded
-    q = torch.round(y * inv[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    q = y.mul_(inv[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     return Int8Rows(q, amax / INT8_MAX)
 
 
@@ -245,7 +254,8 @@ def project_int8(
     with torch.no_grad():
         if backend(x.device) == "triton" and _kernel_takes(x, weight, bias, torch.float32):
             return _launch_triton_int8(x, weight, bias, normalize)
-        return quantize_rows(_project_torch(x, weight, bias, normalize, torch.float32))
+        # the matmul's output is a fresh fp32 buffer nobody else holds: quantize it in place
+        return _quantize_rows_(_project_torch(x, weight, bias, normalize, torch.float32))
 
 
 class _CallableModule(types.ModuleType):

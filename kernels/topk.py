@@ -118,18 +118,23 @@ def _merge(best: TopK, new: TopK, k: int) -> TopK:
     return TopK(values[:, :k], indices.gather(1, perm[:, :k]))
 
 
-def chunk_rows(n_queries: int, d: int, k: int) -> int:
-    """Gallery rows per chunk for the torch path: bounded score tile and chunk copy, >= k."""
-    by_tile = SCORE_TILE // max(1, min(n_queries, QUERY_BLOCK))
-    by_bytes = CHUNK_BYTES // (4 * max(1, d))
-    return max(k, min(by_tile, by_bytes))
+def chunk_rows(n_queries: int, d: int, k: int, *, upcast: bool = True) -> int:
+    """Gallery rows per chunk for the torch path: a bounded score tile (and upcast copy), >= k.
+
+    Without an upcast a chunk is a view of the gallery: only the score tile bounds it.
+    """
+    rows = SCORE_TILE // max(1, min(n_queries, QUERY_BLOCK))
+    if upcast:
+        rows = min(rows, CHUNK_BYTES // (4 * max(1, d)))
+    return max(k, rows)
 
 
 def _topk_torch(queries: Tensor, gallery: Tensor, k: int, chunk: int | None = None) -> TopK:
     """The chunked torch path: (Q, d) x (N, d) -> TopK (Q, k); peak memory O(block x chunk)."""
     ct = _compute_dtype(queries, gallery)
     n = gallery.shape[0]
-    chunk = max(k, chunk or chunk_rows(queries.shape[0], gallery.shape[1], k))
+    upcast = gallery.dtype != ct
+    chunk = max(k, chunk or chunk_rows(queries.shape[0], gallery.shape[1], k, upcast=upcast))
     parts: list[TopK] = []
     with torch.no_grad():
         for q0 in range(0, queries.shape[0], QUERY_BLOCK):

@@ -295,6 +295,7 @@ def test_quantize_rows_hand_checked() -> None:
     assert q[1].tolist() == [0, 0, 0] and s[1].item() == 0.0
     assert q[2].tolist() == [127, 64, -32]  # 63.5 and -31.75 after scaling by 127 / 2.54
     torch.testing.assert_close(s, torch.tensor([1.0, 0.0, 2.54]) / 127)
+    assert y[0].tolist() == [0.5, -1.0, 0.25]  # the input is left alone
 
 
 @pytest.mark.parametrize("normalize", [False, True])

@@ -128,6 +128,8 @@ def test_chunk_rows_bounds_both_temporaries() -> None:
     assert rows * min(4096, topk_mod.QUERY_BLOCK) <= topk_mod.SCORE_TILE
     assert rows * 768 * 4 <= topk_mod.CHUNK_BYTES
     assert chunk_rows(1, 768, 100_000) == 100_000  # never fewer rows than k
+    # an fp32 gallery is sliced, not copied: only the score tile bounds the chunk
+    assert chunk_rows(1, 768, 10, upcast=False) == topk_mod.SCORE_TILE
 
 
 def test_empty_query_batch() -> None:
