@@ -60,11 +60,20 @@ class MonarchMap:
     def d_in_padded(self) -> int:
         return self.w1.shape[0] * self.w1.shape[2]
 
-    @property
-    def d_out_padded(self) -> int:
-        if self.w2 is None:
-            return self.w1.shape[0] * self.w1.shape[1]
-        return self.w2.shape[0] * self.w2.shape[1]
+
+def _check_factor_tensors(w1: Tensor, w2: Tensor | None, bias: Tensor | None) -> None:
+    """Floating tensors on one device (named as the caller knows them)."""
+    for name, t in (("w1", w1), ("w2", w2), ("bias", bias)):
+        if t is None:
+            continue
+        if not (isinstance(t, Tensor) and t.is_floating_point()):
+            kind = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise InvalidInputError(f"{name} must be a floating-point tensor, got {kind}")
+        if t.device != w1.device:
+            raise InvalidInputError(
+                f"w1 is on {w1.device} but {name} is on {t.device}",
+                fix=f"move both to one device, e.g. {name}.to(w1.device)",
+            )
 
 
 def _check_factors(w1: Tensor, w2: Tensor | None, bias: Tensor | None, d_out: int | None) -> int:
@@ -101,11 +110,7 @@ def prepare_monarch(
     w1 (k, q, p), w2 (l, s, r) or None (block-diagonal), bias (d_out,); d_out defaults to the full
     output width (l*s, or k*q without w2). Cheap next to one batch; hold on to the result.
     """
-    _check_dtypes(w1, w1, bias, None)
-    if w2 is not None:
-        _check_dtypes(w2, w2, None, None)
-        _check_devices(w1, w2, None)
-    _check_devices(w1, w1, bias)
+    _check_factor_tensors(w1, w2, bias)
     d_out = _check_factors(w1, w2, bias, d_out)
     ct = _compute_dtype(w1, w1 if w2 is None else w2)
     w1t = _as(w1, ct).transpose(1, 2).contiguous()

@@ -155,7 +155,8 @@ def test_chunked_inference_casts_and_normalizes_in_place(shape: tuple[Any, ...])
         (torch.zeros(2, 3, 4), torch.zeros(5, 2, 2), None, None, r"k\*q=6.*l\*r=10"),
         (torch.zeros(2, 3, 4), torch.zeros(3, 2, 2), None, 7, r"d_out=7.*\[1, 6\]"),
         (torch.zeros(2, 3, 4), torch.zeros(3, 2, 2), torch.zeros(5), None, r"\(6,\).*\(5,\)"),
-        (torch.zeros(2, 3, 4, dtype=torch.int64), None, None, None, "floating"),
+        (torch.zeros(2, 3, 4, dtype=torch.int64), None, None, None, "w1 must be a floating"),
+        (torch.zeros(2, 3, 4), torch.zeros(3, 2, 2, device="meta"), None, None, "w2 is on meta"),
     ],
 )
 def test_bad_factors_name_the_shapes(
