@@ -1,6 +1,9 @@
 """Mixed-version search overhead: a half-migrated 100k gallery against plain FAISS, side by side.
 
-    .venv/bin/python bench/serving.py [--items 100000] [--rounds 7] [--out docs/results/serving.md]
+    .venv/bin/python -P bench/serving.py [--part overhead|kinds|merge] [--items 100000] [--rounds 7]
+
+(``-P``: bench/ holds a kernels.py that would shadow the kernels package.) Each part rewrites its
+own generated section of docs/results/serving.md, leaving the others and the notes alone.
 
 The deployment is real (SQLite catalog, one FAISS file per space, a real migration run moved half
 the gallery): v1 = 128-d, v2 = 256-d, a backward orthogonal adapter 256 -> 128; seeded synthetic
@@ -16,6 +19,11 @@ Contenders:
 - plain FAISS 128-d: one ``IndexFlatIP`` over the 100k v1 vectors (the gallery before any upgrade);
 - FAISS floor: two plain ``IndexFlatIP`` searches over exactly the vectors the mixed search scans
   (50k x 128 + 50k x 256), queries already bridged: the FAISS work alone, no hotswap code.
+
+``--part kinds``: the same half-migrated gallery (clustered data) with both spaces rebuilt as IVF
+and as HNSW: recall@10 against the flat mixed search, latency and QPS, per search setting.
+``--part merge``: the demo's Fashion-MNIST models, migrated in waves; every merge policy's top-1
+and mAP after each wave (the calibrated policy against the dip of raw-score merging).
 """
 
 from __future__ import annotations
@@ -52,11 +60,15 @@ def unit(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def build(root: Path, n: int) -> tuple[Context, np.ndarray, np.ndarray]:
-    """v1 holds n items; a migration moved the first half (insertion order) to v2."""
+def build(
+    root: Path, n: int, data: Callable[[int, int, int], np.ndarray] = unit, related: bool = False
+) -> tuple[Context, np.ndarray, np.ndarray]:
+    """v1 holds n items; a migration moved the first half (insertion order) to v2. ``related``:
+    v1 vectors are the v2 ones through the adapter plus noise (bridged queries find their
+    neighbours in v1 as well), else independent draws."""
     torch.manual_seed(0)
     ctx = open_context(root, create=True)
-    old, new = unit(n, OLD_DIM, 1), unit(n, NEW_DIM, 2)  # row r = item id r + 1
+    old, new = data(n, OLD_DIM, 1), data(n, NEW_DIM, 2)  # row r = item id r + 1
     with ctx.transaction() as session:
         config = MLPEncoderConfig(input_dim=8, hidden_dims=(8,), embed_dim=OLD_DIM)
         v1 = versions.register_version(ctx, session, "v1", build_encoder("mlp", config))
@@ -66,6 +78,10 @@ def build(root: Path, n: int) -> tuple[Context, np.ndarray, np.ndarray]:
         versions.register_adapter(ctx, session, adapter, v2, v1)
         galleries.create_space(session, v1)
         galleries.create_space(session, v2)
+    if related:
+        mapped = adapter.bridge()(torch.from_numpy(new)).numpy()
+        old = mapped + 0.3 * np.random.default_rng(3).standard_normal(mapped.shape, np.float32)
+        old /= np.linalg.norm(old, axis=1, keepdims=True)
     galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(n)], old)
     run_id = migrate.plan(ctx, "v1", "v2", ordering="insertion")
     migrate.run(
@@ -218,7 +234,7 @@ def render(
         [
             "# Serving: mixed-version search overhead",
             "",
-            f"Command: `.venv/bin/python bench/serving.py --items {args.items} --rounds "
+            f"Command: `.venv/bin/python -P bench/serving.py --items {args.items} --rounds "
             f"{args.rounds} --threads {args.threads}`  ",
             f"Machine: {env}.  ",
             f"Date: {date.today().isoformat()}.",
@@ -279,7 +295,7 @@ def render(
 
 # ---- merge policies mid-migration, on Fashion-MNIST (the demo's models) -----------------------
 
-MERGE_POLICIES_MEASURED = ("score", "rrf", "native_first", "calibrated")
+ALL_MERGE_POLICIES = ("score", "rrf", "native_first", "calibrated")
 
 
 def merge_curve(args: argparse.Namespace) -> str:
@@ -311,9 +327,9 @@ def merge_curve(args: argparse.Namespace) -> str:
         run_id = migrate.plan(ctx, "v1", "v2", ordering="random", seed=config.seed)
         rows: list[tuple[float, dict[str, dict[str, float]], list[float]]] = []
         start = evaluate_searcher(MixedSearcher.open(ctx, "v2"), q_new, ids, labels)
-        rows.append((0.0, {p: start for p in MERGE_POLICIES_MEASURED}, []))
+        rows.append((0.0, {p: start for p in args.policies}, []))
         done = 0
-        for target in config.waves:
+        for target in config.waves[:-1]:  # 100% is one space: every policy gives new/new
             wave = migrate.run(
                 ctx,
                 run_id,
@@ -324,8 +340,7 @@ def merge_curve(args: argparse.Namespace) -> str:
             done = wave.done
             searcher = MixedSearcher.open(ctx, "v2")
             points = {
-                p: evaluate_searcher(searcher, q_new, ids, labels, policy=p)
-                for p in MERGE_POLICIES_MEASURED
+                p: evaluate_searcher(searcher, q_new, ids, labels, policy=p) for p in args.policies
             }
             knots = [
                 float(v.calibration(np.array([0.5]))[0]) - 0.5
@@ -345,12 +360,12 @@ def render_merge(
     rows: list[tuple[float, dict[str, dict[str, float]], list[float]]],
     seconds: float,
 ) -> str:
-    header = " | ".join(f"{p} top-1 / mAP" for p in MERGE_POLICIES_MEASURED)
+    header = " | ".join(f"{p} top-1 / mAP" for p in args.policies)
     lines = [
         "## Merge policies mid-migration (Fashion-MNIST, the demo's models)",
         "",
-        f"Command: `.venv/bin/python bench/serving.py --part merge --threads {args.threads}"
-        f"{' --quick' if args.quick else ''}`  ",
+        f"Command: `.venv/bin/python -P bench/serving.py --part merge --threads {args.threads}"
+        f" --policies {' '.join(args.policies)}{' --quick' if args.quick else ''}`  ",
         f"Machine: {machine()}.  ",
         f"Date: {date.today().isoformat()}; {seconds:.0f} s.",
         "",
@@ -360,15 +375,132 @@ def render_merge(
         "merge policy (CMC top-1 and mAP over the full ranking, own item removed).",
         "",
         f"| migrated | {header} | calibration shift at bridged 0.5 |",
-        "|---|" + "---|" * (len(MERGE_POLICIES_MEASURED) + 1),
+        "|---|" + "---|" * (len(args.policies) + 1),
     ]
     for fraction, points, knots in rows:
         cells = " | ".join(
-            f"{points[p]['top1']:.3f} / {points[p]['ap']:.3f}" for p in MERGE_POLICIES_MEASURED
+            f"{points[p]['top1']:.3f} / {points[p]['ap']:.3f}" for p in args.policies
         )
         shift = ", ".join(f"{k:+.3f}" for k in knots) or "-"
         lines.append(f"| {100 * fraction:.0f}% | {cells} | {shift} |")
     return "\n".join(lines) + "\n"
+
+
+# ---- store kinds: IVF and HNSW against flat, in the same mixed search -------------------------
+
+KIND_SWEEP = {  # kind -> search-time settings tried on one build (the others at defaults)
+    "IVF": [{"nprobe": p} for p in (4, 16, 64)],
+    "HNSW": [{"ef_search": e} for e in (16, 64, 256)],
+}
+
+
+def clustered(n: int, d: int, seed: int, centers: int = 1000) -> np.ndarray:
+    """Unit vectors around ``centers`` random directions (neighbourhoods an ANN index can use;
+    i.i.d. Gaussian vectors, the overhead part's data, are the worst case for IVF and HNSW)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, d), dtype=np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.6 * rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def kinds(args: argparse.Namespace) -> str:
+    """Flat, IVF and HNSW spaces of one half-migrated gallery: recall@10 of the mixed search
+    against the flat (exact) mixed search, median latency per batch (interleaved rounds)."""
+    env = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx, _, new = build(Path(tmp) / "data", args.items, data=clustered, related=True)
+        rng = np.random.default_rng(7)  # queries: near gallery items, in v2's space
+        picks = rng.integers(0, args.items, (args.batches, BATCH))
+        batches = [
+            torch.nn.functional.normalize(
+                torch.from_numpy(new[p] + 0.3 * rng.standard_normal(new[p].shape, np.float32)),
+                dim=1,
+            )
+            for p in picks
+        ]
+        searchers = {"Flat": MixedSearcher.open(ctx, "v2")}
+        built: dict[str, tuple[float, float]] = {}
+        for kind in KIND_SWEEP:
+            started = time.perf_counter()
+            for space in ("v1", "v2"):
+                galleries.rebuild_space(ctx, space, kind=kind)
+            build_s = time.perf_counter() - started
+            started = time.perf_counter()
+            searchers[kind] = MixedSearcher.open(ctx, "v2")
+            built[kind] = (build_s, time.perf_counter() - started)
+            print(f"{kind}: built in {build_s:.1f} s", file=sys.stderr)
+        ctx.engine.dispose()
+    exact = [searchers["Flat"].search(q, K).ids for q in batches]
+    rows = []
+    for kind, settings in [("Flat", [{}]), *KIND_SWEEP.items()]:
+        searcher = searchers[kind]
+        for setting in settings:
+            for view in searcher.views:
+                view.store.config = view.store.config.replace(**setting)
+            found = [searcher.search(q, K).ids for q in batches]
+            recall = np.mean([_recall(f, e) for f, e in zip(found, exact, strict=True)])
+            times = measure(
+                {
+                    "flat": lambda b: searchers["Flat"].search(batches[b], K),
+                    "this": lambda b, s=searcher: s.search(batches[b], K),  # type: ignore[misc]
+                },
+                len(batches),
+                args.rounds,
+            )
+            rows.append((kind, setting, recall, times))
+    return render_kinds(args, env, rows, built)
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, exact, strict=True)]
+    return float(np.mean(hits)) / exact.shape[1]
+
+
+def render_kinds(
+    args: argparse.Namespace,
+    env: str,
+    rows: list[tuple[str, dict[str, int], float, Samples]],
+    built: dict[str, tuple[float, float]],
+) -> str:
+    table = []
+    for kind, setting, recall, times in rows:
+        median = statistics.median(times["this"])
+        vs = paired_overhead(times["this"], times["flat"])
+        params = ", ".join(f"{k}={v}" for k, v in setting.items()) or "exact"
+        table.append(
+            f"| {kind} | {params} | {recall:.3f} | {1e3 * median:.1f} | {BATCH / median:,.0f} | "
+            f"{100 * vs:+.1f}% |"
+        )
+    builds = "; ".join(
+        f"{kind}: rebuild of both spaces {b:.1f} s, searcher open {o:.1f} s"
+        for kind, (b, o) in built.items()
+    )
+    return "\n".join(
+        [
+            "## Store kinds in the mixed search: Flat, IVF, HNSW",
+            "",
+            f"Command: `.venv/bin/python -P bench/serving.py --part kinds --items {args.items} "
+            f"--rounds {args.rounds} --batches {args.batches} --threads {args.threads}`  ",
+            f"Machine: {env}.  ",
+            f"Date: {date.today().isoformat()}.",
+            "",
+            f"The overhead part's half-migrated gallery ({args.items:,} items, v1 128-d holds all, "
+            "v2 256-d the migrated half), but clustered v2 data (1,000 centres), v1 vectors = "
+            "the v2 ones through the adapter plus noise, and queries drawn near gallery items; both spaces rebuilt in place with `galleries.rebuild_space` to "
+            "each kind at its defaults (IVF: nlist = round(sqrt(N)), HNSW: M=32, "
+            "ef_construction=80), then the search-time knob swept on the same build. recall@10: "
+            "against the Flat mixed search's top-10 over the same batches. Latency: median per "
+            f"batch of {BATCH}, k={K}, {args.rounds} rounds interleaved with the Flat searcher; "
+            "*vs Flat* is the paired median ratio minus 1.",
+            "",
+            "| kind | search setting | recall@10 | median ms / batch | QPS | vs Flat |",
+            "|---|---|---|---|---|---|",
+            *table,
+            "",
+            f"Build: {builds} (the HNSW searcher tombstones v1's migrated half instead of "
+            "rebuilding its graph; the IVF one drops it from a copy of the lists).",
+        ]
+    )
 
 
 def write_section(path: Path, name: str, text: str) -> None:
@@ -379,7 +511,7 @@ def write_section(path: Path, name: str, text: str) -> None:
     old = path.read_text() if path.exists() else ""
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+        new = head + block + "\n" + rest.split(end, 1)[1].lstrip("\n")
     else:
         new = old + ("\n" if old else "") + block
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +532,7 @@ def overhead(args: argparse.Namespace) -> str:
     return render(args, times, stages, opening, env)
 
 
-PARTS = {"overhead": overhead, "merge": merge_curve}
+PARTS = {"overhead": overhead, "merge": merge_curve, "kinds": kinds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -413,6 +545,9 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=0, help="FAISS and torch threads (0: one per core)"
     )
     parser.add_argument("--quick", action="store_true", help="merge: the demo's quick config")
+    parser.add_argument(
+        "--policies", nargs="+", choices=ALL_MERGE_POLICIES, default=["score", "calibrated"]
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/results/serving.md"))
     args = parser.parse_args(argv)
     if args.threads:
