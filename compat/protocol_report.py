@@ -191,6 +191,9 @@ def save_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 for j, v in enumerate(row):
                     if not math.isnan(v):
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+            names = [f"v{k + 1}" for k in range(len(m))]
+            ax.set_xticks(range(len(m)), names)
+            ax.set_yticks(range(len(m)), names)
             ax.set_title(f"{method}: AC {chain['ac'][0]:.2f}", fontsize=9)
             ax.set_xlabel("gallery version")
             ax.set_ylabel("query version")
