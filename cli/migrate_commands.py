@@ -70,6 +70,10 @@ def start(
         int, typer.Option(min=1, help="Items per wave (one snapshot + one commit).")
     ] = 1000,
     limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many waves.")] = None,
+    engine: Annotated[
+        str, typer.Option(help="local, or ray: a Ray actor pool (pip install 'hotswap[scale]').")
+    ] = "local",
+    workers: Annotated[int, typer.Option(min=1, help="Encoder actors (--engine ray).")] = 2,
     directory: DataDir = DEFAULT_DIR,
     database: Database = None,
     yes: Yes = False,
@@ -79,14 +83,13 @@ def start(
     from cli.progress import progress_reporter
     from index import migrate
     from index.context import open_context
-    from index.sources import precomputed_source
-    from models.vector_files import load_ids, load_vectors
+    from index.ray_engine import precomputed
 
     ctx = open_context(directory, database)
     if not yes:
         emit(migrate.status(ctx, run), as_json, "dry run: add --yes to migrate")
         return
-    source = precomputed_source(ctx, load_ids(ids), load_vectors(vectors))
+    source = precomputed(ctx, ids, vectors, engine=engine, workers=workers)
     with progress_reporter() as report:
         final = migrate.run(
             ctx,

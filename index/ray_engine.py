@@ -30,13 +30,13 @@ import torch
 
 from index.context import Context
 from index.ledger import page_bounds
-from index.migrate import Waves
+from index.migrate import Reembed, Waves
 from index.ray_workers import Embedder, EncoderFactory, ItemVectors, read_pages
 from index.search import read_only
-from index.sources import _rows_by_item_id
-from kernels.errors import HotswapError, InvalidInputError
+from index.sources import _rows_by_item_id, precomputed_source
+from kernels.errors import HotswapError, InvalidInputError, did_you_mean
 from kernels.optional import require
-from models.vector_files import load_ids
+from models.vector_files import load_ids, load_vectors
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -80,7 +80,11 @@ class RayEngine:
                 if limit is not None and done >= limit:
                     return
         except Exception as e:
-            raise _domain_error(e) or e from e
+            domain = _domain_error(e)
+            if domain is None:
+                raise
+            # As raised in the actor, without the retry advice Ray Data appends to its message.
+            raise type(domain)(domain.message, fix=domain.fix) from e
         finally:
             close = getattr(batches, "close", None)
             if close is not None:  # stops the streaming executor and its actors now
@@ -112,6 +116,7 @@ class RayEngine:
         )
         embedded.context.execution_options.preserve_order = True  # waves in priority order
         embedded.context.enable_progress_bars = False
+        embedded.context.raise_original_map_exception = True  # our typed errors, not a wrapper
         return embedded
 
     def _gpus(self) -> float:
@@ -143,7 +148,27 @@ def _domain_error(error: BaseException) -> HotswapError | None:
     """The hotswap error an actor raised, under the exceptions Ray wraps it in."""
     seen: BaseException | None = error
     while seen is not None:
+        cause = getattr(seen, "cause", None)  # RayTaskError: the exception the worker raised
+        if isinstance(cause, HotswapError):
+            return cause
         if isinstance(seen, HotswapError):
             return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__
+        seen = cause or seen.__cause__
     return None
+
+
+ENGINES = ("local", "ray")
+
+
+def precomputed(
+    ctx: Context, ids: Path, vectors: Path, *, engine: str = "local", workers: int = 2
+) -> Reembed | RayEngine:
+    """What ``hotswap migrate start`` hands to ``migrate.run`` for precomputed vectors: a
+    callable run in this process (``local``) or a :class:`RayEngine` with ``workers`` actors."""
+    if engine == "ray":
+        return precomputed_engine(ctx, ids, vectors, RayEngineConfig(workers=workers))
+    if engine != "local":
+        raise InvalidInputError(
+            f"unknown engine {engine!r}", fix=did_you_mean(engine, list(ENGINES))
+        )
+    return precomputed_source(ctx, load_ids(ids), load_vectors(vectors))
