@@ -98,7 +98,7 @@ def test_torch_path_ties_across_chunks() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize(
-    ("q", "n", "d", "k", "chunk"), [(1, 5, 3, 5, None), (17, 2000, 33, 20, 128)]
+    ("q", "n", "d", "k", "chunk"), [(1, 5, 3, 5, None), (17, 1000, 33, 20, 128)]
 )
 def test_torch_path_equals_ref(
     q: int, n: int, d: int, k: int, chunk: int | None, dtype: torch.dtype
@@ -193,7 +193,7 @@ def triton_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize(("q", "n", "d", "k"), [(5, 70, 20, 7), (18, 45, 33, 1)])
+@pytest.mark.parametrize(("q", "n", "d", "k"), [(5, 40, 20, 7), (18, 45, 33, 1)])
 def test_triton_precision_rule(
     triton_on: list[int], q: int, n: int, d: int, k: int, dtype: torch.dtype
 ) -> None:
@@ -208,9 +208,12 @@ def test_triton_precision_rule(
     _check_valid(out, queries, gallery, 2 * ref_err + ATOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_ties_exact_across_splits(triton_on: list[int], dtype: torch.dtype) -> None:
-    """Integer scores (exact in fp16 too), k not a power of 2, several splits and tiles each."""
+def test_triton_ties_exact_across_splits(triton_on: list[int]) -> None:
+    """Integer scores (exact in fp16), k not a power of 2, several splits and tiles each.
+
+    fp32 ties are covered by the strided test below.
+    """
+    dtype = torch.float16
     from kernels._triton_topk import ip_topk_triton
 
     queries, gallery = _ints(6, 50, 5, seed=1)
