@@ -236,3 +236,32 @@ def test_configs_round_trip_through_json() -> None:
         SimplexConfig(classes=4, embed_dim=6, hoc=True),
     ):
         assert type(config).from_json(config.to_json()) == config
+
+
+WEIGHTS = {  # every loss weight each objective's config declares
+    "bct": ("weight",),
+    "bt2": ("teacher_weight", "prototype_weight", "feature_weight"),
+    "oca": ("ce_weight", "prototype_weight", "cosine_weight"),
+    "simplex": ("hoc_weight",),
+    "ract": ("weight",),
+}
+
+
+@pytest.mark.parametrize(("key", "field"), [(k, f) for k, fs in WEIGHTS.items() for f in fs])
+def test_loss_weights_come_from_the_config(key: str, field: str, problem) -> None:
+    """The loss is affine in each weight: L(2w) − L(w) = L(w) − L(0) ≠ 0, same parameters.
+
+    A hard-coded weight (a research-repo habit) would make the differences 0 or unequal.
+    """
+    x, y, old = problem
+    encoder, objective, refs, _, _ = _build(key, old)
+    base = objective.config
+    value = getattr(base, field) or 1.0
+    losses = []
+    with torch.no_grad():
+        features = WithReferences(encoder, refs)(x) if refs else encoder(x)
+        for scale in (0.0, 1.0, 2.0):
+            objective.config = base.replace(**{field: scale * value})
+            losses.append(float(objective.loss(features, y)))
+    assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4, abs=1e-5)
+    assert abs(losses[1] - losses[0]) > 1e-4
