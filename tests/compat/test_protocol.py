@@ -152,3 +152,25 @@ def test_backfill_metric_is_cmc_top1() -> None:
     assert evaluate(cosine(x, y), relevance, (1,))[METRIC] == pytest.approx(
         self_retrieval_metrics(x, y, labels)["top1"]
     )
+
+
+def test_merge_results_of_one_seed_runs() -> None:
+    from compat.protocol import merge_results
+
+    def part(seed: int, cross: float) -> dict:
+        per_seed = [{"independent": _cells(0.7, 0.1, 0.9), "bt2": _cells(0.7, cross, 0.9)}]
+        config = ProtocolConfig(seeds=(seed,)).to_dict()
+        return {
+            "config": config,
+            "per_seed": per_seed,
+            "chain_matrices": [],
+            "backfill_curves": [],
+            "seconds": 10.0 + seed,
+        }
+
+    merged = merge_results([part(0, 0.8), part(1, 0.75)])
+    assert merged["config"]["seeds"] == (0, 1) and merged["seeds_done"] == 2
+    assert merged["summary"]["bt2"]["new/old top1"][0] == pytest.approx(0.775)
+    assert merged["seconds"] == 21.0 and merged["wall_seconds"] == 11.0
+    with pytest.raises(InvalidInputError, match="repeat"):
+        merge_results([part(0, 0.8), part(0, 0.75)])
