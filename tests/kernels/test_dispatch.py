@@ -15,7 +15,7 @@ import torch
 from kernels import backend, dispatch, project, project_ref
 from kernels.errors import InvalidInputError
 
-# the module, not the function that `kernels.project` names
+# the module, to patch its launchers (the package attribute `kernels.project` is the callable op)
 project_mod = importlib.import_module("kernels.project")
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import torch
 from kernels import project, project_ref
 from kernels.errors import InvalidInputError
 
-# the module, not the function that `kernels.project` names
+# the module, to patch its launchers (the package attribute `kernels.project` is the callable op)
 project_mod = importlib.import_module("kernels.project")
 
 # Tolerances for the precision-aware rule, per input dtype (outputs are O(1)).
