@@ -129,7 +129,7 @@ def test_a_failed_rollback_changes_nothing(ctx: Context, monkeypatch: pytest.Mon
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("crash at commit")
 
-    monkeypatch.setattr("index.migrate.point_space_at", crash)
+    monkeypatch.setattr("index.lifecycle.point_space_at", crash)
     with pytest.raises(RuntimeError, match="crash at commit"):
         migrate.rollback(ctx, run_id)
     monkeypatch.undo()
