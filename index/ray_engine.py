@@ -46,7 +46,9 @@ class RayEngineConfig:
 
     workers: int = 2  # encoder actors, each holding one CPU (and its GPU share)
     batch_size: int = 256  # items per encoder call inside an actor
-    page_size: int = 10_000  # ledger rows per read task
+    # Ledger rows per read task. A page is one block, and Ray Data hands an actor whole blocks:
+    # pages are the unit of parallelism, so keep several per actor in flight.
+    page_size: int = 1024
     gpus_per_worker: float | None = None  # None: one GPU each when the cluster has enough, else 0
     address: str | None = None
 
