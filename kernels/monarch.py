@@ -270,13 +270,16 @@ def _monarch_torch(
     grad = _needs_grad(x, m)
     # no_grad, not inference_mode: outputs may feed trainable modules (see kernels.project);
     # skipped entirely when autograd is already off (a context costs ~1 us at B=1)
-    ctx = contextlib.nullcontext() if grad or not torch.is_grad_enabled() else torch.no_grad()
+    ctx = torch.no_grad() if not grad and torch.is_grad_enabled() else contextlib.nullcontext()
     with ctx:
-        ct = torch.promote_types(x.dtype, m.w1t.dtype)
-        if ct != m.w1t.dtype:  # e.g. fp64 rows through fp32 factors: accumulate in fp64
-            m = prepare_monarch(m.w1.to(ct), _maybe(m.w2, ct), _maybe(m.bias, ct), d_out=m.d_out)
-        x = _as(x, ct)
-        chunked = x.device.type == "cpu" and x.shape[0] > chunk_rows
+        if x.dtype != m.w1t.dtype:
+            ct = torch.promote_types(x.dtype, m.w1t.dtype)
+            if ct != m.w1t.dtype:  # e.g. fp64 rows through fp32 factors: accumulate in fp64
+                m = prepare_monarch(
+                    m.w1.to(ct), _maybe(m.w2, ct), _maybe(m.bias, ct), d_out=m.d_out
+                )
+            x = x.to(ct)
+        chunked = x.is_cpu and x.shape[0] > chunk_rows
         if chunked and not grad:
             out = torch.empty(x.shape[0], m.d_out, dtype=out_dtype, device=x.device)
             for i in range(0, x.shape[0], chunk_rows):
