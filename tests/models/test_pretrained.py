@@ -44,3 +44,24 @@ def test_missing_library_names_the_extra() -> None:
         "try:\n    import_library('open_clip')\nexcept ImportError as e:\n    print(e)\n"
     )
     assert "pip install 'hotswap[pretrained]'" in result.stdout
+
+
+@pytest.mark.slow
+def test_real_mpnet_from_its_five_parts(tmp_path) -> None:
+    """all-mpnet-base-v2 assembled from the pinned part packages: 768-d, bf16 within 1e-3 of fp32."""
+    from kernels.errors import MissingExtraError
+    from models.loaders import load_mpnet_from_parts
+
+    try:
+        fp32 = load_mpnet_from_parts()
+    except MissingExtraError as e:
+        pytest.skip(f"{e} ({e.fix})")
+    bf16 = load_mpnet_from_parts(compute_dtype="bfloat16")
+    texts = ["dog, domestic dog, Canis familiaris", "a member of the genus Canis", "stock market"]
+    vectors = fp32.encode(texts)
+    assert vectors.shape == (3, 768) and fp32.fingerprint["dim"] == 768
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > sims[0, 2] + 0.1  # the synonyms sit nearer their definition
+    assert float((bf16.encode(texts) * vectors).sum(dim=1).min()) > 0.999
+    assert fp32.fingerprint["weights_sha256"] == bf16.fingerprint["weights_sha256"]
+    assert fp32.fingerprint != bf16.fingerprint
