@@ -80,7 +80,8 @@ def build(
         galleries.create_space(session, v2)
     if related:
         mapped = adapter.bridge()(torch.from_numpy(new)).numpy()
-        old = mapped + 0.3 * np.random.default_rng(3).standard_normal(mapped.shape, np.float32)
+        noise = np.random.default_rng(3).standard_normal(mapped.shape, np.float32)
+        old = mapped + 0.5 / np.sqrt(OLD_DIM) * noise  # unit rows + noise of norm ~0.5
         old /= np.linalg.norm(old, axis=1, keepdims=True)
     galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(n)], old)
     run_id = migrate.plan(ctx, "v1", "v2", ordering="insertion")
@@ -413,7 +414,9 @@ def kinds(args: argparse.Namespace) -> str:
         picks = rng.integers(0, args.items, (args.batches, BATCH))
         batches = [
             torch.nn.functional.normalize(
-                torch.from_numpy(new[p] + 0.3 * rng.standard_normal(new[p].shape, np.float32)),
+                torch.from_numpy(
+                    new[p] + 0.5 / np.sqrt(NEW_DIM) * rng.standard_normal(new[p].shape, np.float32)
+                ),
                 dim=1,
             )
             for p in picks
@@ -486,7 +489,8 @@ def render_kinds(
             "",
             f"The overhead part's half-migrated gallery ({args.items:,} items, v1 128-d holds all, "
             "v2 256-d the migrated half), but clustered v2 data (1,000 centres), v1 vectors = "
-            "the v2 ones through the adapter plus noise, and queries drawn near gallery items; both spaces rebuilt in place with `galleries.rebuild_space` to "
+            "the v2 ones through the adapter plus noise (norm ~0.5), and queries = gallery items "
+            "plus noise (norm ~0.5); both spaces rebuilt in place with `galleries.rebuild_space` to "
             "each kind at its defaults (IVF: nlist = round(sqrt(N)), HNSW: M=32, "
             "ef_construction=80), then the search-time knob swept on the same build. recall@10: "
             "against the Flat mixed search's top-10 over the same batches. Latency: median per "
