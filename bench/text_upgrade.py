@@ -43,12 +43,8 @@ from compat.verdict import BridgeReport, bridge_or_backfill, rerank_metrics  # n
 from index.plots import plot_report  # noqa: E402
 from kernels.errors import MissingExtraError  # noqa: E402
 from models.embedding_cache import cached_encode  # noqa: E402
-from models.loaders import (  # noqa: E402
-    MPNET_PARTS,
-    PretrainedEncoder,
-    load_mpnet_from_parts,
-    load_sentence_transformer,
-)
+from models.loaders import PretrainedEncoder, load_sentence_transformer  # noqa: E402
+from models.split_zip import MPNET_PARTS, load_mpnet_from_parts  # noqa: E402
 from models.text_data import load_wordnet, synonym_gloss_pairs  # noqa: E402
 
 CACHE = ROOT / ".cache" / "embeddings"

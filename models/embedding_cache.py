@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from kernels.errors import CorruptArtifactError, InvalidInputError
-from models.loaders import PretrainedEncoder
+from models.encoder_base import PretrainedEncoder
 
 Report = Callable[[str], None]
 

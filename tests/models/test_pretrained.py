@@ -50,7 +50,7 @@ def test_missing_library_names_the_extra() -> None:
 def test_real_mpnet_from_its_five_parts(tmp_path) -> None:
     """all-mpnet-base-v2 assembled from the pinned part packages: 768-d, bf16 within 1e-3 of fp32."""
     from kernels.errors import MissingExtraError
-    from models.loaders import load_mpnet_from_parts
+    from models.split_zip import load_mpnet_from_parts
 
     try:
         fp32 = load_mpnet_from_parts()
