@@ -468,7 +468,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return out
     text = render(args, out)
     print(text)
-    args.out.write_text(text)
+    # The hand-written reading of the numbers survives a rerun (it says which run it read).
+    kept = args.out.read_text().partition("\n## Reading")[2] if args.out.is_file() else ""
+    args.out.write_text(text + (f"\n## Reading{kept}" if kept else ""))
     write_plots(out, args.out.parent)
     if args.json is not None:
         args.json.write_text(out["seeds"][0]["report"].to_json(indent=1))
