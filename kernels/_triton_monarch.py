@@ -162,7 +162,8 @@ def project_monarch_triton(
     dims = _grid_dims(m)
     width = _width(dims)
     block_m = max(16, min(64, MAX_TILE // width))
-    small = min(dims["P"], dims["Q"], dims["R"], dims["S"]) < 16
+    # tl.dot needs every dot dimension >= 16 on NVIDIA: smaller blocks take the FMA path
+    small = min(dims["P"], dims["Q"]) < 16 or (m.w2 is not None and min(dims["R"], dims["S"]) < 16)
     upcast = x.dtype != m.w1.dtype
     w2 = m.w2 if m.w2 is not None else m.w1
     k, q, p = m.w1.shape

@@ -21,13 +21,14 @@ F64 = torch.float64
 ATOL = {torch.float32: 1e-6, torch.float16: 1e-4}
 
 # (k, q, p, l, s, r, d_in, d_out); l=None: block-diagonal. Non-power-of-2 p, s and crops, a
-# rectangular middle (l != k), and one with every dimension >= 16 (tl.dot on the GPU path).
+# rectangular middle (l != k), and with every dimension >= 16 (the tl.dot path, not the FMA one).
 SHAPES = [
     (4, 2, 3, 2, 5, 4, 11, 9),
     (2, 4, 5, 4, 3, 2, 9, 12),
     (4, 16, 16, 4, 16, 16, 60, 50),
     (3, 5, 7, None, None, None, 20, 14),
     (2, 3, 4, None, None, None, 7, 6),
+    (2, 16, 16, None, None, None, 30, 32),
 ]
 
 
