@@ -90,3 +90,35 @@ def test_demo_quick_json(tmp_path) -> None:
         runner.invoke(app, ["demo", "--quick", "--json", "--dir", str(tmp_path / "demo")]).exit_code
         == 0
     )
+
+
+def test_models_add_needs_exactly_one_of_dim_or_encoder(tmp_path) -> None:
+    data = str(tmp_path / "data")
+    assert runner.invoke(app, ["init", "--dir", data]).exit_code == 0
+    from kernels.errors import InvalidInputError, NotFoundError
+
+    for extra in ([], ["--dim", "8", "--encoder", "sentence-transformers:all-MiniLM-L6-v2"]):
+        result = runner.invoke(app, ["models", "add", "v1", "--dir", data, *extra])
+        assert isinstance(result.exception, InvalidInputError)
+        assert "exactly one of --dim" in str(result.exception)
+    spec = ["--encoder", "sentence-transformer:x"]
+    unknown = runner.invoke(app, ["models", "add", "v1", "--dir", data, *spec])
+    assert isinstance(unknown.exception, NotFoundError)
+    assert "did you mean 'sentence-transformers'" in str(unknown.exception)
+    listed = runner.invoke(app, ["models", "list", "--dir", data, "--json"])
+    assert json.loads(listed.output) == []
+
+
+def test_every_command_has_help() -> None:
+    """Each command and group explains itself in --help (its docstring's first line at least)."""
+    import typer.main
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    for path, command in walk(typer.main.get_command(app), []):
+        assert command.help and len(command.help.split()) >= 4, path
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, path
