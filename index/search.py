@@ -60,9 +60,10 @@ class Calibration:
     Method: items a migration has moved still have their old vector in the source space and now
     have a new one, so for pseudo-queries q (vectors sampled from the native space: the query
     distribution, for galleries that are queried with their own kind of content) the same pair
-    (q, item) has a bridged score b and a native score n. The map is the binned regression
-    E[n | b], bins on quantiles of b that get finer towards the top (where rankings are decided),
-    made monotone, extended beyond the ends with slope 1. It is measured per searcher snapshot,
+    (q, item) has a bridged score b and a native score n. Per query, the j-th best bridged score
+    is paired with the j-th best native score (rank matching: what an item ranked j-th scores
+    natively); the map is the binned mean of those pairs, bins on quantiles of b that get finer
+    towards the top (where rankings are decided), made monotone, extended with slope 1. It is measured per searcher snapshot,
     i.e. per migration wave, because the mismatch depends on the models and on what has moved.
     Without enough shared items (no migration yet) it is the identity: ``calibrated`` = ``score``.
     """
@@ -112,8 +113,14 @@ def measure_calibration(
     q = native.vectors(probes)  # (P, d_new): pseudo-queries in the query version's space
     n = q @ native.vectors(items).T  # (P, I)
     b = bridge(torch.from_numpy(q)).numpy() @ old.vectors(items).T  # (P, d_old) @ (d_old, I)
-    other = probes[:, None] != items[None, :]  # a query's own item is no evidence
-    return fit_calibration(b[other], n[other])
+    own = probes[:, None] == items[None, :]  # a query's own item is no evidence: sorted last
+    b, n = np.where(own, -np.inf, b), np.where(own, -np.inf, n)
+    # Pair each query's j-th best bridged score with its j-th best native score: the native score
+    # an item ranked j-th would get. Pairing by item instead fits E[n | b], which shrinks towards
+    # the mean and ranks confident bridged hits too low when native scores are more spread.
+    b, n = np.sort(b, axis=1), np.sort(n, axis=1)
+    keep = np.isfinite(b) & np.isfinite(n)
+    return fit_calibration(b[keep], n[keep])
 
 
 @dataclasses.dataclass(frozen=True)

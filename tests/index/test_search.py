@@ -239,9 +239,11 @@ def test_calibration_is_measured_on_the_shared_items(migrating) -> None:
     native = q @ new[:100].T
     raw = bridge(torch.from_numpy(q)).numpy() @ old[:100].T
     calibrated = v1_view.calibration(raw)
-    # Raw bridged scores sit systematically below native ones; calibrated ones do not.
+    # Raw bridged scores sit systematically below native ones and are less spread; calibrated
+    # ones match the native distribution (rank matching), and the order is kept.
     assert abs((calibrated - native).mean()) < 0.2 * abs((raw - native).mean())
-    assert np.abs(calibrated - native).mean() < 0.8 * np.abs(raw - native).mean()
+    assert abs(calibrated.std() - native.std()) < 0.5 * abs(raw.std() - native.std())
+    assert (np.argsort(calibrated, axis=1) == np.argsort(raw, axis=1)).mean() > 0.95
     assert sorted(v2_view.allowed.tolist()) == moved.tolist()
 
 
