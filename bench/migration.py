@@ -30,13 +30,16 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+# The repository root first: bench/kernels.py would otherwise shadow the kernels package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index import galleries, migrate, versions
-from index.context import Context, open_context
-from models.datasets import fashion_mnist_available, load_fashion_mnist
-from models.encoders import Encoder, MLPEncoderConfig, build_encoder, embed
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from index import galleries, migrate, versions  # noqa: E402
+from index.context import Context, open_context  # noqa: E402
+from models.datasets import fashion_mnist_available, load_fashion_mnist  # noqa: E402
+from models.encoders import Encoder, MLPEncoderConfig, build_encoder, embed  # noqa: E402
 
 TARGET = 0.90
 

@@ -1,6 +1,6 @@
 """Mixed-version search overhead: a half-migrated 100k gallery against plain FAISS, side by side.
 
-    .venv/bin/python -P bench/serving.py [--part overhead|kinds|merge] [--items 100000] [--rounds 7]
+    .venv/bin/python bench/serving.py [--part overhead|kinds|merge] [--items 100000] [--rounds 7]
 
 (``-P``: bench/ holds a kernels.py that would shadow the kernels package.) Each part rewrites its
 own generated section of docs/results/serving.md, leaving the others and the notes alone.
@@ -39,15 +39,18 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-import faiss
-import numpy as np
-import torch
+# The repository root first: bench/kernels.py would otherwise shadow the kernels package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compat.adapters import build_adapter
-from index import galleries, migrate, versions
-from index.context import Context, open_context
-from index.search import MixedSearcher, SpaceView, _authoritative_part, search_views
-from models.encoders import MLPEncoderConfig, build_encoder
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from compat.adapters import build_adapter  # noqa: E402
+from index import galleries, migrate, versions  # noqa: E402
+from index.context import Context, open_context  # noqa: E402
+from index.search import MixedSearcher, SpaceView, _authoritative_part, search_views  # noqa: E402
+from models.encoders import MLPEncoderConfig, build_encoder  # noqa: E402
 
 OLD_DIM, NEW_DIM, K, BATCH = 128, 256, 10, 64
 TARGET_OVERHEAD = 0.15
@@ -235,7 +238,7 @@ def render(
         [
             "# Serving: mixed-version search overhead",
             "",
-            f"Command: `.venv/bin/python -P bench/serving.py --items {args.items} --rounds "
+            f"Command: `.venv/bin/python bench/serving.py --items {args.items} --rounds "
             f"{args.rounds} --threads {args.threads}`  ",
             f"Machine: {env}.  ",
             f"Date: {date.today().isoformat()}.",
@@ -365,7 +368,7 @@ def render_merge(
     lines = [
         "## Merge policies mid-migration (Fashion-MNIST, the demo's models)",
         "",
-        f"Command: `.venv/bin/python -P bench/serving.py --part merge --threads {args.threads}"
+        f"Command: `.venv/bin/python bench/serving.py --part merge --threads {args.threads}"
         f" --policies {' '.join(args.policies)}{' --quick' if args.quick else ''}`  ",
         f"Machine: {machine()}.  ",
         f"Date: {date.today().isoformat()}; {seconds:.0f} s.",
@@ -482,7 +485,7 @@ def render_kinds(
         [
             "## Store kinds in the mixed search: Flat, IVF, HNSW",
             "",
-            f"Command: `.venv/bin/python -P bench/serving.py --part kinds --items {args.items} "
+            f"Command: `.venv/bin/python bench/serving.py --part kinds --items {args.items} "
             f"--rounds {args.rounds} --batches {args.batches} --threads {args.threads}`  ",
             f"Machine: {env}.  ",
             f"Date: {date.today().isoformat()}.",
