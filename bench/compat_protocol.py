@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 else "the run recorded in compat.json (command: see Reading)"
             )
             machine = f"{platform.machine()}, torch {torch.__version__}"
-            head = HEADER.format(
-                command=command, seconds=partial["seconds"], machine=machine
-            )
+            head = HEADER.format(command=command, seconds=partial["seconds"], machine=machine)
             text = head + render_tables(partial) + _kept_notes(args.document)
             args.document.write_text(text)
 
