@@ -202,7 +202,8 @@ def _as_rows(z: Tensor, m: MonarchMap) -> Tensor:
     """(l, B, s) -> (B, s, l) -> (B, s*l), or (k, B, q) -> (B, k*q); cropped to d_out."""
     batch = z.shape[1]
     grid = z.permute(1, 2, 0) if m.w2t is not None else z.transpose(0, 1)
-    return grid.reshape(batch, -1)[:, : m.d_out]
+    # An explicit width: reshape(batch, -1) is ambiguous for an empty batch.
+    return grid.reshape(batch, grid.shape[1] * grid.shape[2])[:, : m.d_out]
 
 
 def _rows(x: Tensor, m: MonarchMap) -> Tensor:
