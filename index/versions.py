@@ -70,8 +70,7 @@ def register_pretrained_version(
     version = ModelVersion(
         name=name,
         encoder_key=PRETRAINED,
-        config_json=config,
-        weights_sha256=fingerprint["weights_sha256"],
+        config_json=config,  # the weights' sha256 is in the fingerprint: no file of ours holds them
         dim=dim,
     )
     session.add(version)
@@ -88,8 +87,9 @@ def load_pretrained_version(version: ModelVersion) -> Any:
             f"model version {version.name!r} has no pretrained encoder (encoder: {version.encoder_key})",
             fix="send vectors instead, or register one with: hotswap models add NAME --encoder SPEC",
         )
-    encoder = load_pretrained(json.loads(version.config_json)["spec"])
-    if encoder.fingerprint["weights_sha256"] != version.weights_sha256:
+    config = json.loads(version.config_json)
+    encoder = load_pretrained(config["spec"])
+    if encoder.fingerprint["weights_sha256"] != config["fingerprint"]["weights_sha256"]:
         raise CorruptArtifactError(
             f"the weights behind {version.name!r} changed since it was registered",
             fix="register the installed model as a new version",
