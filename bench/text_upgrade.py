@@ -284,7 +284,11 @@ def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[s
             "held_out": control["held_out"],
         },
         "report": report,
-        "rerank": {d: rerank_metrics(bridged, new_scores, relevance, d) for d in RERANK_DEPTHS},
+        "rerank": {
+            d: rerank_metrics(bridged, new_scores, relevance, d)
+            for d in RERANK_DEPTHS
+            if d <= bridged.shape[1]  # a small gallery has fewer candidates than the depth
+        },
     }
 
 
