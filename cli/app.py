@@ -74,7 +74,5 @@ def emit(result: Any, as_json: bool, text: str) -> None:
     typer.echo(json.dumps(result, indent=2) if as_json else text)
 
 
-# Registers `hotswap bench`; imported last because it uses app, emit and Json from above.
-from cli import bench_commands  # noqa: E402, F401
-# Registers `hotswap eval` (bridge or backfill? from vector files), same reason.
-from cli import eval_commands  # noqa: E402, F401
+# Register `hotswap bench` and `hotswap eval`: imported last because they use app, emit and Json.
+from cli import bench_commands, eval_commands  # noqa: E402, F401

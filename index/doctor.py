@@ -130,6 +130,8 @@ def _check_artifacts(ctx: Context, session: Session) -> list[Finding]:
     expected = [
         (f"model version {v.name!r}", f"models/{v.name}.safetensors", v.weights_sha256)
         for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id))
+        # External and pretrained versions keep no weights file of ours: only trained ones do.
+        if v.weights_sha256 is not None
     ] + [
         (f"adapter {a.name!r}", a.artifact_path, a.artifact_sha256)
         for a in session.scalars(select(Adapter).order_by(Adapter.id))

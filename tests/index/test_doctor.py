@@ -12,7 +12,7 @@ import pytest
 import torch
 from sqlalchemy import delete, select, update
 
-from index import galleries, migrate
+from index import galleries, migrate, versions
 from index.catalog import BackfillTask, ItemEmbedding, MigrationRun, utcnow
 from index.context import Context
 from index.doctor import doctor
@@ -55,6 +55,20 @@ def test_a_healthy_deployment_is_clean_and_reports_its_unfinished_run(half) -> N
     assert report.clean and checks(report) == [("run", "info", False)]
     assert f"resume {run_id}" in (report.findings[0].fix or "")
     assert json.loads(json.dumps(report.to_dict()))["clean"] is True
+
+
+def test_versions_without_weights_of_ours_are_not_missing_files(half) -> None:
+    """External and pretrained versions keep no weights file; a trained one's loss is an error."""
+    ctx, _ = half
+    with ctx.transaction() as session:
+        versions.register_external_version(session, "api-v3", 16)
+        fingerprint = {"weights_sha256": "0" * 64, "dim": 16}
+        versions.register_pretrained_version(session, "st-v4", "st:x", fingerprint, 16)
+    assert doctor(ctx).clean
+    ctx.path("models/v1.safetensors").unlink()
+    report = doctor(ctx)
+    assert not report.clean
+    assert [f.subject for f in report.findings if f.check == "artifact"] == ["model version 'v1'"]
 
 
 def test_orphan_files_are_deleted_and_foreign_files_left_alone(half) -> None:
