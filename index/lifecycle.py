@@ -22,13 +22,13 @@ from index.galleries import (
     StagedSnapshot,
     chunked,
     discard,
+    empty_store,
     load_store,
     point_space_at,
     staged_for,
 )
 from index.runs import ACTIVE, authoritative_ids, get_run, lock_run, lock_space, space_by_id
 from index.search import read_only
-from index.store import GalleryStore
 from kernels.errors import ConflictError
 
 
@@ -166,7 +166,7 @@ def _target_without(
     the result is empty and the (possibly damaged) file is not even read."""
     held = session.scalar(select(func.count()).where(ItemEmbedding.space_id == space.id))
     if held == len(ids):
-        store = GalleryStore.create(space.model_version.dim, space.index_factory)
+        store = empty_store(space)  # of the space's own kind and parameters (IVF, HNSW)
     else:
         store = load_store(ctx, space)
         store.remove(ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -303,3 +304,16 @@ def test_access_counts_add_up_on_postgresql(tmp_path: Path) -> None:
             assert order_of(ctx, run_id)[:3] == [2, 3, 1]
         finally:
             ctx.engine.dispose()
+
+
+def test_rollback_keeps_the_target_spaces_store_kind_and_parameters(ctx: Context) -> None:
+    """Rolling a whole run back empties the target; the empty store keeps the space's kind."""
+    galleries.rebuild_space(ctx, "v2", kind="HNSW", params={"m": 8, "ef_construction": 40})
+    run_id = migrate.plan(ctx, "v1", "v2")
+    migrate.run(ctx, run_id, reembed, wave_size=100)
+    assert migrate.rollback(ctx, run_id) == N
+    with ctx.transaction() as session:
+        store = galleries.load_store(ctx, galleries.get_space(session, "v2"))
+    graph = faiss.downcast_index(store.index.index).hnsw  # what the snapshot was built with
+    assert store.kind == "HNSW" and graph.efConstruction == 40
+    assert doctor(ctx).clean
