@@ -3,6 +3,7 @@ precision rule (under TRITON_INTERPRET=1 on CPU), errors."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -186,24 +187,9 @@ def test_bad_input_names_the_width() -> None:
 
 
 @pytest.fixture
-def triton_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Force the Triton path; skip where it cannot run. Returns a list that counts launches."""
-    pytest.importorskip("triton", reason="triton is not installed (pip install 'hotswap[triton]')")
-    from kernels import _triton_monarch, dispatch
-
-    reason = dispatch.triton_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"Triton cannot run here: {reason}")
-    monkeypatch.setenv("HOTSWAP_KERNELS", "triton")
-    launches: list[int] = []
-    real = _triton_monarch.project_monarch_triton
-
-    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        launches.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_triton_monarch, "project_monarch_triton", counting)
-    return launches
+def triton_on(force_triton: Callable[[str, str], list[int]]) -> list[int]:
+    """Force the Triton path (skipped where it cannot run); the list counts launches."""
+    return force_triton("kernels._triton_monarch", "project_monarch_triton")
 
 
 def _fp64_ref(x: Any, w1: Any, w2: Any, b: Any, d_out: int, normalize: bool) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
@@ -193,24 +192,9 @@ def test_bad_dtypes_and_devices(
 
 
 @pytest.fixture
-def triton_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Force the Triton path; skip where it cannot run. Returns a list that counts launches."""
-    pytest.importorskip("triton", reason="triton is not installed (pip install 'hotswap[triton]')")
-    from kernels import dispatch
-
-    reason = dispatch.triton_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"Triton cannot run here: {reason}")
-    monkeypatch.setenv("HOTSWAP_KERNELS", "triton")
-    launches: list[int] = []
-    real = project_mod._launch_triton
-
-    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        launches.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(project_mod, "_launch_triton", counting)
-    return launches
+def triton_on(force_triton: Callable[[str, str], list[int]]) -> list[int]:
+    """Force the Triton path (skipped where it cannot run); the list counts launches."""
+    return force_triton("kernels.project", "_launch_triton")
 
 
 # (N, d_in, d_out): one program and one K step; several programs and K steps with masked tails

@@ -4,6 +4,7 @@ Triton kernel (interpreter on CPU) by the precision rule, typed errors."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -172,24 +173,9 @@ def test_bad_input_raises(
 
 
 @pytest.fixture
-def triton_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Force the Triton path; skip where it cannot run. Returns a list that counts launches."""
-    pytest.importorskip("triton", reason="triton is not installed (pip install 'hotswap[triton]')")
-    from kernels import dispatch
-
-    reason = dispatch.triton_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"Triton cannot run here: {reason}")
-    monkeypatch.setenv("HOTSWAP_KERNELS", "triton")
-    launches: list[int] = []
-    real = topk_mod._launch_triton
-
-    def counting(*args: Any) -> TopK:
-        launches.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(topk_mod, "_launch_triton", counting)
-    return launches
+def triton_on(force_triton: Callable[[str, str], list[int]]) -> list[int]:
+    """Force the Triton path (skipped where it cannot run); the list counts launches."""
+    return force_triton("kernels.topk", "_launch_triton")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
