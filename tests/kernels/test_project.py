@@ -328,8 +328,7 @@ def test_int8_bad_input_raises() -> None:
 @pytest.mark.parametrize(("bias", "normalize"), [(False, True), (True, False)])
 @pytest.mark.parametrize(("n", "d_in", "d_out"), [(37, 50, 23), (1, 33, 70)])
 def test_triton_int8_epilogue(
-    monkeypatch: pytest.MonkeyPatch,
-    triton_on: list[int],
+    force_triton: Callable[[str, str], list[int]],
     n: int,
     d_in: int,
     d_out: int,
@@ -338,11 +337,7 @@ def test_triton_int8_epilogue(
     dtype: torch.dtype,
 ) -> None:
     """Scales by the precision rule; values within one step of the reference's (rounding ties)."""
-    launches: list[int] = []
-    real = project_mod._launch_triton_int8
-    monkeypatch.setattr(
-        project_mod, "_launch_triton_int8", lambda *a: launches.append(1) or real(*a)
-    )
+    launches = force_triton("kernels.project", "_launch_triton_int8")
     x, w, b = _data(n, d_in, d_out, dtype, bias, seed=n + d_out)
     x[0] = 0
     q, s = project_mod.project_int8(x, w, b, normalize=normalize)
