@@ -14,15 +14,8 @@ from kernels.errors import InvalidInputError
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """240 x 240 matrices: a second OpenMP thread only contends on a loaded 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small tensors: on a shared 2-core machine extra OpenMP threads only spin-wait (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_upgrade(directory: Path, seed: int = 0) -> dict[str, Path]:

@@ -15,13 +15,8 @@ from kernels.errors import DirectionError, InvalidInputError
 FAST = FitOptions(epochs=40, batch_size=64, lr=3e-2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: extra OpenMP threads only contend (10x slower on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small tensors: on a shared 2-core machine extra OpenMP threads only spin-wait (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gap(adapter: torch.nn.Module) -> float:

@@ -24,13 +24,8 @@ from kernels.errors import DirectionError, InvalidInputError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: a second OpenMP thread only contends on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small tensors: on a shared 2-core machine extra OpenMP threads only spin-wait (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rotation(d: int, seed: int) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,8 @@ from models.checkpoint import load_encoder, save_encoder, sha256_file
 from models.encoders import ENCODERS, MLPEncoder, MLPEncoderConfig, build_encoder, embed
 from models.layers import LAYERS
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: on a shared, oversubscribed machine a second OpenMP/LAPACK thread spin-waits
-    and made the orthogonal layers (QR, matrix_exp) ~100x slower. One thread; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: on a shared 2-core machine extra OpenMP threads only spin-wait (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_encoder(layer: str = "monarch", *, seed: int = 0, **overrides: object) -> MLPEncoder:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,14 +26,8 @@ SIZES = [(50, 23), (96, 200), (64, 64)]
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: on a shared, oversubscribed machine a second OpenMP/LAPACK thread spin-waits
-    and made the orthogonal layers (QR, matrix_exp) ~100x slower. One thread; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: on a shared 2-core machine extra OpenMP threads only spin-wait (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(kind: str, n_in: int, n_out: int, *, seed: int = 0, bias: bool = True) -> Any:

@@ -3,8 +3,6 @@ when (and because) their parametrized tensors are exempt from weight decay."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,14 +15,8 @@ F64 = torch.float64
 ORTHOGONAL = [kind for kind in LAYERS if LAYERS.get(kind).isometric]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: on a shared, oversubscribed machine a second OpenMP/LAPACK thread spin-waits
-    and made the orthogonal layers (QR, matrix_exp) ~100x slower. One thread; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: on a shared 2-core machine extra OpenMP threads only spin-wait (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_orthogonal_variant_is_registered() -> None:

@@ -3,7 +3,6 @@ registered layer inside every encoder (the demo's v2 encoder included)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,8 @@ from models.transformer_encoder import TransformerEncoderConfig
 VOCAB, PAD = 40, 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: on a shared, oversubscribed machine a second OpenMP/LAPACK thread spin-waits
-    and made the orthogonal layers (QR, matrix_exp) ~100x slower. One thread; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: on a shared 2-core machine extra OpenMP threads only spin-wait (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_config(key: str, layer: str = "monarch") -> Config:
