@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))  # runnable as a plain script from any directory
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from kernels.project import project, project_int8, quantize_rows  # noqa: E402
+from kernels.projection import project, project_int8, quantize_rows  # noqa: E402
 from kernels.topk import QUERY_BLOCK, chunk_rows, ip_topk  # noqa: E402
 
 Fn = Callable[[], object]

@@ -5,10 +5,8 @@ Public API: ``project``, ``project_ref``, ``project_int8`` (-> ``Int8Rows``), ``
 ``import kernels.errors`` (what the CLI needs to map errors to exit codes) does not import torch;
 ``kernels.dispatch`` and ``kernels.optional`` are torch-free too. Nothing here imports triton.
 
-``kernels.project`` names both a submodule and the op. The import system binds the submodule onto
-the package the first time anything imports it, so the attribute cannot reliably be the function;
-instead the submodule is callable and forwards to the function: ``kernels.project(x, w)`` runs the
-op whichever import came first, and ``from kernels.project import ...`` works as for any module.
+The ops live in modules named for what they hold (``kernels.projection``, ``kernels.topk``,
+``kernels.monarch``), so no submodule shadows the op of the same name.
 """
 
 from __future__ import annotations
@@ -18,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers see: the functions themselves
     from kernels.dispatch import backend
-    from kernels.project import Int8Rows, project, project_int8, project_ref
+    from kernels.projection import Int8Rows, project, project_int8, project_ref
     from kernels.topk import TopK, ip_topk, ip_topk_ref
 
 _OWNERS = {
     "backend": "kernels.dispatch",
-    "Int8Rows": "kernels.project",
-    "project": "kernels.project",
-    "project_int8": "kernels.project",
-    "project_ref": "kernels.project",
+    "Int8Rows": "kernels.projection",
+    "project": "kernels.projection",
+    "project_int8": "kernels.projection",
+    "project_ref": "kernels.projection",
     "TopK": "kernels.topk",
     "ip_topk": "kernels.topk",
     "ip_topk_ref": "kernels.topk",
@@ -49,8 +47,6 @@ def __getattr__(name: str) -> Any:
     if owner is None:
         raise AttributeError(f"module 'kernels' has no attribute {name!r}")
     module = importlib.import_module(owner)
-    if name == "project":
-        return module  # the callable submodule, which the import just bound here
     value = getattr(module, name)
     globals()[name] = value  # resolved once
     return value

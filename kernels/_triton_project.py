@@ -1,7 +1,7 @@
 """Fused Triton kernel for ``project``: tiled matmul, fp32 accumulation, bias + normalize + cast.
 
-The only module of hotswap that imports triton; ``kernels.project`` imports it lazily, on the
-Triton path only. The specification is ``kernels.project.project_ref``.
+The only module of hotswap that imports triton; ``kernels.projection`` imports it lazily, on the
+Triton path only. The specification is ``kernels.projection.project_ref``.
 
 Each program owns BLOCK_M full output rows: BLOCK_N = next_power_of_2(d_out) (masked) so that the
 L2 norm (and the int8 scale, max|row|) of a row can be taken in the epilogue without a second pass,
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from kernels.errors import InvalidInputError
 from kernels.optional import require
-from kernels.project import EPS, INT8_MAX, TRITON_DTYPES, TRITON_MAX_D_OUT
+from kernels.projection import EPS, INT8_MAX, TRITON_DTYPES, TRITON_MAX_D_OUT
 
 triton = require("triton", "triton")
 tl = require("triton.language", "triton")

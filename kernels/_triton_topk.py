@@ -24,7 +24,7 @@ from torch import Tensor
 from kernels.dispatch import interpreting
 from kernels.errors import InvalidInputError
 from kernels.optional import require
-from kernels.project import TRITON_DTYPES
+from kernels.projection import TRITON_DTYPES
 from kernels.topk import TRITON_MAX_K, TRITON_MAX_N
 
 triton = require("triton", "triton")

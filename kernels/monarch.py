@@ -1,6 +1,6 @@
 """Monarch / block-diagonal projection ``y = normalize(crop(P_out B2 P_mid B1 pad(x)) + b)``.
 
-The structured counterpart of :mod:`kernels.project`, and the one implementation of the
+The structured counterpart of :mod:`kernels.projection`, and the one implementation of the
 Monarch product in hotswap (``models.layers`` and the orthogonal Monarch adapter run it):
 
 - ``project_monarch_ref``: the specification (pure torch, einsum, fp32 accumulation);
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from kernels.dispatch import backend
 from kernels.errors import InvalidInputError
-from kernels.project import EPS, _as, _check_devices, _check_dtypes, _compute_dtype, _normalize_
+from kernels.projection import EPS, _as, _check_devices, _check_dtypes, _compute_dtype, _normalize_
 
 # Rows per chunk on CPU. Unchunked Monarch at B=16384 is slower than dense: the permutation
 # copies fall out of cache. At d=1024, 256 rows (1 MiB of fp32 per copy) measured best:
@@ -269,7 +269,7 @@ def _monarch_torch(
 ) -> Tensor:
     """The torch path, tuned for CPU, differentiable when autograd needs it."""
     grad = _needs_grad(x, m)
-    # no_grad, not inference_mode: outputs may feed trainable modules (see kernels.project);
+    # no_grad, not inference_mode: outputs may feed trainable modules (see kernels.projection);
     # skipped entirely when autograd is already off (a context costs ~1 us at B=1)
     ctx = torch.no_grad() if not grad and torch.is_grad_enabled() else contextlib.nullcontext()
     with ctx:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from kernels.dispatch import backend
 from kernels.errors import InvalidInputError
-from kernels.project import TRITON_DTYPES, _as, _compute_dtype
+from kernels.projection import TRITON_DTYPES, _as, _compute_dtype
 
 # Torch path tiling: a query block and a gallery chunk bound both temporaries (score tile and the
 # chunk's upcast copy) whatever Q and N are; measured on CPU, tiles of this size already run at

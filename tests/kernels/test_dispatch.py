@@ -15,8 +15,8 @@ import torch
 from kernels import backend, dispatch, project, project_ref
 from kernels.errors import InvalidInputError
 
-# the module, to patch its launchers (the package attribute `kernels.project` is the callable op)
-project_mod = importlib.import_module("kernels.project")
+# the module, to patch its launchers
+project_mod = importlib.import_module("kernels.projection")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,11 +139,11 @@ def test_errors_import_without_torch() -> None:
     )
 
 
-def test_project_is_callable_whichever_import_comes_first() -> None:
-    """The submodule imported first (it then shadows the export): ``kernels.project()`` still runs."""
+def test_project_is_the_op_whichever_import_comes_first() -> None:
+    """The module imported first: the package attribute ``kernels.project`` is still the op."""
     _fresh_python(
         "import torch\n"
-        "from kernels.project import project_ref\n"
+        "from kernels.projection import project_ref\n"
         "import kernels\n"
         "x, w = torch.ones(2, 3), torch.arange(12.0).view(3, 4)\n"
         "ref = project_ref(x, w, normalize=True)\n"

@@ -11,8 +11,8 @@ import torch
 from kernels import project, project_ref
 from kernels.errors import InvalidInputError
 
-# the module, to patch its launchers (the package attribute `kernels.project` is the callable op)
-project_mod = importlib.import_module("kernels.project")
+# the module, to patch its launchers
+project_mod = importlib.import_module("kernels.projection")
 
 # Tolerances for the precision-aware rule, per input dtype (outputs are O(1)).
 ATOL = {torch.float32: 1e-6, torch.float16: 1e-4}
@@ -194,7 +194,7 @@ def test_bad_dtypes_and_devices(
 @pytest.fixture
 def triton_on(force_triton: Callable[[str, str], list[int]]) -> list[int]:
     """Force the Triton path (skipped where it cannot run); the list counts launches."""
-    return force_triton("kernels.project", "_launch_triton")
+    return force_triton("kernels.projection", "_launch_triton")
 
 
 # (N, d_in, d_out): one program and one K step; several programs and K steps with masked tails
@@ -337,7 +337,7 @@ def test_triton_int8_epilogue(
     dtype: torch.dtype,
 ) -> None:
     """Scales by the precision rule; values within one step of the reference's (rounding ties)."""
-    launches = force_triton("kernels.project", "_launch_triton_int8")
+    launches = force_triton("kernels.projection", "_launch_triton_int8")
     x, w, b = _data(n, d_in, d_out, dtype, bias, seed=n + d_out)
     x[0] = 0
     q, s = project_mod.project_int8(x, w, b, normalize=normalize)

@@ -19,8 +19,6 @@ would cost a full extra pass over the data). NaN/Inf inputs give unspecified (bu
 from __future__ import annotations
 
 import contextlib
-import sys
-import types
 from typing import NamedTuple
 
 import torch
@@ -256,16 +254,3 @@ def project_int8(
             return _launch_triton_int8(x, weight, bias, normalize)
         # the matmul's output is a fresh fp32 buffer nobody else holds: quantize it in place
         return _quantize_rows_(_project_torch(x, weight, bias, normalize, torch.float32))
-
-
-class _CallableModule(types.ModuleType):
-    """``kernels.project`` is the op as well as this module: calling the module runs it.
-
-    The function itself, not a wrapper: no extra frame, so warnings still point at the caller.
-    """
-
-    __call__ = staticmethod(project)
-
-
-# see kernels/__init__.py: the package attribute `kernels.project` may end up as this module
-sys.modules[__name__].__class__ = _CallableModule
