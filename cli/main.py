@@ -26,12 +26,11 @@ def main() -> None:
 
     Typer runs in standalone mode, so usage errors and Ctrl-C keep click's own messages and codes.
     """
+    from kernels.errors import HotswapError  # torch-free (kernels exports its ops lazily)
+
     try:
         app()
     except Exception as e:
-        # Imported here: kernels imports torch, and `hotswap --help` must not.
-        from kernels.errors import HotswapError
-
         if not isinstance(e, HotswapError) or state["debug"]:
             raise
         typer.echo(f"error: {e}", err=True)
