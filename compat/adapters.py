@@ -17,7 +17,8 @@ The registered adapters live in small modules imported at the bottom of this one
 - ``orthogonal`` (here), ``orthogonal_monarch`` (compat/monarch_adapter.py): exactly orthogonal maps;
 - ``procrustes``, ``affine`` (compat/closed_form.py): closed-form fits on paired anchors;
 - ``lambda_orthogonal``, ``low_rank_affine`` (compat/linear_adapters.py): gradient-trained linear maps;
-- ``residual_mlp``, ``forward_mlp`` (compat/mlp_adapters.py): nonlinear maps, no serving form.
+- ``residual_mlp``, ``forward_mlp`` (compat/mlp_adapters.py): nonlinear maps, no serving form;
+- ``contrastive_affine`` (compat/contrastive_adapter.py): an affine map trained with in-batch InfoNCE.
 """
 
 from __future__ import annotations
@@ -277,4 +278,10 @@ def load_adapter(path: Path, expected_sha256: str | None = None) -> Adapter:
 
 
 # The other registered adapters; imported last because they subclass Adapter (defined above).
-from compat import closed_form, linear_adapters, mlp_adapters, monarch_adapter  # noqa: E402, F401
+from compat import (  # noqa: E402, F401
+    closed_form,
+    contrastive_adapter,
+    linear_adapters,
+    mlp_adapters,
+    monarch_adapter,
+)

@@ -1,0 +1,102 @@
+"""An affine adapter trained for retrieval, not regression: in-batch InfoNCE instead of MSE.
+
+MSE pulls each mapped source towards its own target but says nothing about the other targets; a
+retrieval bridge fails when a mapped query lands nearer someone else's vector. ``contrastive_affine``
+trains B(x) = xW + b so that every mapped source ranks its own target first among the batch's
+targets (cosine / temperature, cross-entropy over the batch), optionally also the other way
+round (each target ranks its own source first), with an optional orthogonality penalty
+‖WWᵀ − I‖_F (weight ``orthogonality``; 0 = off) and an optional MSE term (weight ``mse``).
+
+Pairs whose targets are the same vector (one definition paired with two texts) are not each
+other's negatives: duplicates are masked out of the batch's logits. One projection plus bias once
+trained, so it serves through ``kernels.project`` like the other linear adapters; it starts from
+the closed-form Procrustes fit (``init="procrustes"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
+from compat.linear_adapters import Init, _procrustes_init, orthogonality_gap
+from models.config import check
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContrastiveConfig(AdapterConfig):
+    temperature: float = 0.05
+    symmetric: bool = True  # also each target must rank its own mapped source first
+    orthogonality: float = 0.0  # weight of ‖WWᵀ − I‖_F; 0: a free affine map
+    mse: float = 0.0  # weight of the squared distance to the own target; 0: InfoNCE alone
+    init: Init = "procrustes"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        check(self.orthogonality >= 0, f"orthogonality must be >= 0, got {self.orthogonality}")
+        check(self.mse >= 0, f"mse must be >= 0, got {self.mse}")
+        check(self.init in ("procrustes", "identity"), "init must be procrustes|identity")
+
+
+def in_batch_info_nce(
+    mapped: Tensor, target: Tensor, temperature: float, *, symmetric: bool = True
+) -> Tensor:
+    """Cross-entropy of row i picking target i among the batch's targets: (B, d), (B, d) -> ().
+
+    Targets identical to row i's own (duplicated pairs) are masked out as negatives.
+    """
+    m, t = F.normalize(mapped, dim=1), F.normalize(target, dim=1)
+    logits = m @ t.T / temperature  # (B, B)
+    with torch.no_grad():
+        same = (t @ t.T > 1 - 1e-6) & ~torch.eye(len(t), dtype=torch.bool, device=t.device)
+    logits = logits.masked_fill(same, float("-inf"))
+    labels = torch.arange(len(m), device=m.device)
+    loss = F.cross_entropy(logits, labels)
+    if symmetric:  # the mask is symmetric, so the transpose masks the same duplicates
+        loss = (loss + F.cross_entropy(logits.T, labels)) / 2
+    return loss
+
+
+@ADAPTERS.register("contrastive_affine")
+class ContrastiveAffineAdapter(Adapter):
+    """B(x) = xW + b trained with in-batch InfoNCE (+ optional orthogonality and MSE terms)."""
+
+    key = "contrastive_affine"
+    config_class = ContrastiveConfig
+    config: ContrastiveConfig
+
+    def __init__(self, config: ContrastiveConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.linear = nn.Linear(config.dim_in, config.dim_out)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(config.dim_out, config.dim_in))
+            self.linear.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
+        return self.linear(x)
+
+    def prepare(self, x: Tensor, y: Tensor) -> None:
+        if self.config.init == "procrustes":
+            r, b = _procrustes_init(x, y)
+            with torch.no_grad():
+                self.linear.weight.copy_(r.T)  # nn.Linear stores (dim_out, dim_in)
+                self.linear.bias.copy_(b)
+
+    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        c = self.config
+        mapped = self(x)  # (B, dim_out)
+        loss = in_batch_info_nce(mapped, y, c.temperature, symmetric=c.symmetric)
+        if c.mse > 0:
+            loss = loss + c.mse * (mapped - y).pow(2).sum(dim=1).mean()
+        if c.orthogonality > 0:
+            loss = loss + c.orthogonality * orthogonality_gap(self.linear.weight)
+        return loss
+
+    def serving_form(self) -> ServingForm:
+        weight = self.linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
+        return ServingForm(weight=weight, bias=self.linear.bias.detach().clone(), normalize=True)
