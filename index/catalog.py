@@ -122,7 +122,9 @@ class EmbeddingSpace(Base):
     index_params: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     index_path: Mapped[str | None]  # relative to the data directory, so the directory can move
     checksum: Mapped[sha256]
-    ntotal: Mapped[count]
+    # Waves appended since that snapshot (index/deltas.py): a JSON list of {path, sha256, rows}.
+    index_deltas: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    ntotal: Mapped[count]  # vectors in the snapshot plus its deltas
     snapshot_seq: Mapped[count]
     created_at: Mapped[created]
 

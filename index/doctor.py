@@ -46,6 +46,7 @@ from index.galleries import (
     empty_store,
     load_store,
     point_space_at,
+    space_files,
     staged_for,
 )
 from index.migrate import Reembed, hand_back, stored_vectors
@@ -54,7 +55,8 @@ from kernels.errors import HotswapError, InvalidInputError
 from models.checkpoint import sha256_file
 
 Severity = Literal["error", "warning", "info"]
-SNAPSHOT = re.compile(r"^\.?(?P<space>.+)\.(?P<seq>\d+)\.faiss(?:\..+\.tmp)?$")
+# Snapshots (<space>.<seq>.faiss), deltas (<space>.<seq>.delta) and their temporary files.
+SNAPSHOT = re.compile(r"^\.?(?P<space>.+)\.(?P<seq>\d+)\.(?:faiss|delta)(?:\..+\.tmp)?$")
 LIVE_RUNS = ("planned", "running", "paused", "completed", "cutover")
 
 
@@ -98,7 +100,7 @@ def doctor(
     """Check everything; with ``repair`` fix what has a source. ``reembed`` maps a space name to a
     function (item ids -> vectors) that can recreate that space's vectors."""
     findings: list[Finding] = []
-    superseded: list[Path | None] = []
+    superseded: list[Path] = []
     with ctx.transaction() as session:
         # Runs before spaces: the order migration waves and rollbacks lock them in (PostgreSQL).
         session.scalars(select(MigrationRun).order_by(MigrationRun.id).with_for_update()).all()
@@ -110,15 +112,14 @@ def doctor(
         for space in spaces:
             found, old = _check_space(ctx, session, space, repair, dict(reembed or {}))
             findings += found
-            superseded.append(old)
+            superseded += old
             damaged |= {space.name for f in found if f.repaired is None}
         findings += _check_authority(session, repair)
         findings += _check_runs(session, repair)
         findings += _check_leases(session, repair)
-        skip = {path for path in superseded if path is not None}  # discarded below
+        skip = set(superseded)  # discarded below
         findings += _check_files(ctx, spaces, damaged | skip, repair)
-    for path in superseded:
-        discard(path)
+    discard(superseded)
     return Report(tuple(findings), repair)
 
 
@@ -180,15 +181,20 @@ class _SpaceState:
 
 def _check_space(
     ctx: Context, session: Session, space: EmbeddingSpace, repair: bool, reembed: dict[str, Reembed]
-) -> tuple[list[Finding], Path | None]:
+) -> tuple[list[Finding], list[Path]]:
+    """Whether the space's files (snapshot and deltas) hold exactly the items the catalog lists;
+    with ``repair``, rebuild them from a source. Returns the findings and the files superseded."""
     state = _read_space(ctx, session, space)
     if state.unsafe:
-        fix = "correct embedding_space.index_path; doctor never touches files outside the data directory"
-        return [Finding("index_file", "error", space.name, str(state.problem), fix=fix)], None
+        fix = (
+            "correct embedding_space.index_path / index_deltas; doctor never touches files "
+            "outside the data directory"
+        )
+        return [Finding("index_file", "error", space.name, str(state.problem), fix=fix)], []
     held = state.store.ids() if state.store is not None else np.empty(0, dtype=np.int64)
     extra, missing = np.setdiff1d(held, state.rows), np.setdiff1d(state.rows, held)
     if state.problem is None and not len(extra) and not len(missing):
-        return [], None
+        return [], []
     check = "index_file" if state.problem else "index_ids"
     message = state.problem or (
         f"the index holds {len(extra)} vectors the catalog does not list and lacks "
@@ -196,10 +202,10 @@ def _check_space(
     )
     plan = _rebuild_plan(ctx, session, space, missing, reembed)
     if isinstance(plan, str):
-        return [Finding(check, "error", space.name, f"{message}; {plan}", fix=_REBUILD_FIX)], None
+        return [Finding(check, "error", space.name, f"{message}; {plan}", fix=_REBUILD_FIX)], []
     if not repair:
         fix = "run doctor with repair=True"
-        return [Finding(check, "error", space.name, message, fix=fix)], None
+        return [Finding(check, "error", space.name, message, fix=fix)], []
     done, superseded = _rebuild(ctx, session, state, extra, plan)
     return [Finding(check, "error", space.name, message, repaired=done)], superseded
 
@@ -217,12 +223,15 @@ def _read_space(ctx: Context, session: Session, space: EmbeddingSpace) -> _Space
         state.store = empty_store(space)  # the space's kind and params
         return state
     try:
-        ctx.path(space.index_path)
+        space_files(ctx, space)  # the snapshot and every delta stay inside the data directory
     except InvalidInputError as e:
         state.problem, state.unsafe = e.message, True
         return state
+    except HotswapError as e:  # a malformed delta list: the files cannot be trusted
+        state.problem = e.message
+        return state
     try:
-        state.store = load_store(ctx, space)
+        state.store = load_store(ctx, space)  # verifies the snapshot and every delta
     except HotswapError as e:  # missing, checksum, unreadable, size: the file cannot be trusted
         state.problem = e.message
     return state
@@ -282,7 +291,7 @@ def _source_problem(
 
 def _rebuild(
     ctx: Context, session: Session, state: _SpaceState, extra: np.ndarray, plan: _Plan
-) -> tuple[str, Path | None]:
+) -> tuple[str, list[Path]]:
     space, done = state.space, []
     store = state.store
     if store is None:  # missing or corrupt: start empty; the plan has a source for every row
@@ -463,7 +472,7 @@ def _check_files(
     directory = ctx.path("indexes")
     if not directory.is_dir():
         return []
-    current = {s.index_path for s in spaces if s.index_path}
+    current = {ctx.relative(p) for s in spaces for p in _files_or_none(ctx, s)}
     known = {s.name for s in spaces}
     findings = []
     for path in sorted(directory.iterdir()):
@@ -507,6 +516,15 @@ def _check_files(
             )
         )
     return findings
+
+
+def _files_or_none(ctx: Context, space: EmbeddingSpace) -> list[Path]:
+    """The space's files; none when its catalog entry is unreadable or unsafe (reported by
+    ``_check_space``; its name is in ``skip``, so its files are kept)."""
+    try:
+        return space_files(ctx, space)
+    except HotswapError:
+        return []
 
 
 def rebuild_source(store: GalleryStore) -> Callable[[np.ndarray], torch.Tensor]:

@@ -1,11 +1,18 @@
 """Embedding spaces: create them, ingest vectors, and commit index snapshots with the catalog.
 
 The commit protocol, shared by ingest and migration waves (see index/store.py):
-1. write the new snapshot file (atomic, checksummed) — the catalog still points at the old one;
+1. write the new file (atomic, checksummed) — the catalog still points at the old state;
 2. in one SQL transaction: record items/embeddings/tasks AND point the space at the new file;
-3. delete the superseded file.
+3. delete the superseded files.
 A crash before 2 leaves an orphan file and no catalog change (the work is redone, nothing is
-duplicated); a crash after 2 leaves a stale file that ``doctor`` removes.
+duplicated); a crash after 2 leaves stale files that ``doctor`` removes.
+
+The new file is a full snapshot, or -- for a write that only adds vectors (a migration wave) --
+a delta file holding just those rows (index/deltas.py), appended to the space's list in step 2.
+A space is its snapshot plus its deltas in order. Deltas are folded into a new full snapshot
+once their rows would outnumber the snapshot's (so the snapshots written grow geometrically and a
+run writes O(N) bytes, not O(N^2 / W)) or there are ``MAX_DELTAS`` of them; any other write
+(ingest, rebuild, rollback, repair) folds them too.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from sqlalchemy.orm import Session
 from compat.vectors import check_vectors
 from index.catalog import EmbeddingSpace, Item, ItemEmbedding, ModelVersion
 from index.context import Context
+from index.deltas import DeltaEntry, dump_entries, parse_entries, read_delta, write_delta
 from index.store import STORE_KINDS, GalleryStore, store_config
 from kernels.errors import (
     ConflictError,
@@ -36,6 +44,7 @@ from kernels.errors import (
 from kernels.optional import require
 
 SQL_CHUNK = 5000  # bound parameters per IN (...) clause: SQLite caps them
+MAX_DELTAS = 64  # delta files per space before a fold: bounds the files a reader opens
 
 
 def create_space(
@@ -72,16 +81,43 @@ def get_space(session: Session, name: str, *, lock: bool = False) -> EmbeddingSp
 
 
 def load_store(ctx: Context, space: EmbeddingSpace) -> GalleryStore:
-    """The space's current snapshot, verified against the catalog (an empty store if none yet)."""
+    """The space's current snapshot plus its deltas, every file verified against the catalog
+    (an empty store if none yet)."""
+    deltas = space_deltas(space)
     if space.index_path is None:
+        if deltas:
+            raise CorruptArtifactError(
+                f"space {space.name!r} lists delta files but no snapshot", fix="run: hotswap doctor"
+            )
         return empty_store(space)
-    return GalleryStore.load(
+    store = GalleryStore.load(
         ctx.path(space.index_path),
         space.checksum,
-        space.ntotal,
+        None if deltas else space.ntotal,  # with deltas, the total is checked after them
         factory=space.index_factory,
         config=store_config(space.index_factory, space.index_params),
     )
+    for entry in deltas:
+        store.add(*read_delta(ctx.path(entry.path), entry, store.dim))
+    if store.ntotal != space.ntotal:
+        raise CorruptArtifactError(
+            f"space {space.name!r}: its snapshot and {len(deltas)} deltas hold {store.ntotal} "
+            f"vectors, the catalog says {space.ntotal}",
+            fix="run: hotswap doctor",
+        )
+    return store
+
+
+def space_deltas(space: EmbeddingSpace) -> list[DeltaEntry]:
+    """The delta files that follow the space's snapshot, in the order they were added."""
+    return parse_entries(space.index_deltas, f"space {space.name!r}")
+
+
+def space_files(ctx: Context, space: EmbeddingSpace) -> list[Path]:
+    """Every file the space is made of: its snapshot, then its deltas (paths checked to stay
+    inside the data directory)."""
+    relative = [] if space.index_path is None else [space.index_path]
+    return [ctx.path(p) for p in relative + [e.path for e in space_deltas(space)]]
 
 
 def empty_store(space: EmbeddingSpace) -> GalleryStore:
@@ -90,30 +126,54 @@ def empty_store(space: EmbeddingSpace) -> GalleryStore:
     return GalleryStore.create(space.model_version.dim, space.index_factory, config)
 
 
+Added = tuple[np.ndarray, np.ndarray]  # ids (n,) int64, vectors (n, dim) float32
+
+
 @dataclasses.dataclass(frozen=True)
 class StagedSnapshot:
-    """A snapshot written to disk but not yet current (step 1 of the commit protocol)."""
+    """A snapshot or delta written to disk but not yet current (step 1 of the commit protocol)."""
 
     path: Path
     checksum: str
-    ntotal: int
+    ntotal: int  # the space's vectors once this is current
     seq: int
+    delta_rows: int | None = None  # None: a full snapshot; else a delta of that many rows
 
 
-def stage_snapshot(ctx: Context, space: EmbeddingSpace, store: GalleryStore) -> StagedSnapshot:
+def stage_snapshot(
+    ctx: Context, space: EmbeddingSpace, store: GalleryStore, added: Added | None = None
+) -> StagedSnapshot:
+    """Write ``store`` (the space's state after this write) as a full snapshot, or -- when the
+    write only ``added`` rows to the space's current state and no fold is due -- just those rows
+    as a delta."""
     seq = space.snapshot_seq + 1
+    ctx.path("indexes").mkdir(parents=True, exist_ok=True)
+    if added is not None and _delta_fits(space, len(added[0])):
+        path = ctx.path(f"indexes/{space.name}.{seq}.delta")
+        return StagedSnapshot(path, write_delta(path, *added), store.ntotal, seq, len(added[0]))
     path = ctx.path(f"indexes/{space.name}.{seq}.faiss")
-    path.parent.mkdir(parents=True, exist_ok=True)
     return StagedSnapshot(path, store.save(path), store.ntotal, seq)
+
+
+def _delta_fits(space: EmbeddingSpace, rows: int) -> bool:
+    """Append rather than fold: the space has a snapshot, fewer than ``MAX_DELTAS`` deltas, and
+    its deltas' rows would still not outnumber the snapshot's."""
+    if space.index_path is None:
+        return False
+    deltas = space_deltas(space)
+    appended = sum(e.rows for e in deltas)
+    in_snapshot = space.ntotal - appended  # a replaced vector counts twice: a lower bound
+    return len(deltas) < MAX_DELTAS and appended + rows <= in_snapshot
 
 
 @contextmanager
 def staged_for(
-    ctx: Context, space: EmbeddingSpace, store: GalleryStore
+    ctx: Context, space: EmbeddingSpace, store: GalleryStore, added: Added | None = None
 ) -> Iterator[StagedSnapshot]:
-    """Stage a snapshot for the enclosing transaction; delete it again if that transaction fails
-    before commit (a crash instead leaves an orphan, which is harmless)."""
-    staged = stage_snapshot(ctx, space, store)
+    """Stage a snapshot (or delta, see :func:`stage_snapshot`) for the enclosing transaction;
+    delete it again if that transaction fails before commit (a crash instead leaves an orphan,
+    which is harmless)."""
+    staged = stage_snapshot(ctx, space, store, added)
     try:
         yield staged
     except BaseException:
@@ -121,19 +181,35 @@ def staged_for(
         raise
 
 
-def point_space_at(ctx: Context, space: EmbeddingSpace, staged: StagedSnapshot) -> Path | None:
-    """Step 2 (inside the caller's transaction): make ``staged`` current; return the file it supersedes."""
-    previous = None if space.index_path is None else ctx.path(space.index_path)
-    space.index_path = ctx.relative(staged.path)
-    space.checksum = staged.checksum
+def point_space_at(ctx: Context, space: EmbeddingSpace, staged: StagedSnapshot) -> list[Path]:
+    """Step 2 (inside the caller's transaction): make ``staged`` current; return the files it
+    supersedes (none for a delta; the old snapshot and its deltas for a full snapshot)."""
+    if staged.delta_rows is not None:
+        entry = DeltaEntry(ctx.relative(staged.path), staged.checksum, staged.delta_rows)
+        space.index_deltas = dump_entries([*space_deltas(space), entry])
+        previous = []
+    else:
+        previous = _superseded(ctx, space)
+        space.index_path = ctx.relative(staged.path)
+        space.checksum = staged.checksum
+        space.index_deltas = "[]"
     space.ntotal = staged.ntotal
     space.snapshot_seq = staged.seq
     return previous
 
 
-def discard(path: Path | None) -> None:
-    """Step 3: remove a superseded snapshot (a reader that loaded it keeps its copy in memory)."""
-    if path is not None:
+def _superseded(ctx: Context, space: EmbeddingSpace) -> list[Path]:
+    """The files a full snapshot replaces; with a malformed delta list (a repair is replacing it)
+    only the old snapshot: doctor finds the unlisted deltas as orphans."""
+    try:
+        return space_files(ctx, space)
+    except CorruptArtifactError:
+        return [] if space.index_path is None else [ctx.path(space.index_path)]
+
+
+def discard(paths: Path | Sequence[Path] | None) -> None:
+    """Step 3: remove superseded files (a reader that loaded them keeps its copy in memory)."""
+    for path in [paths] if isinstance(paths, Path) else paths or []:
         path.unlink(missing_ok=True)
 
 

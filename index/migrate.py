@@ -5,11 +5,13 @@ from any of them. The SQL ledger (``backfill_task``) is the source of truth. A w
 pending items in priority order and re-embeds them *outside* any transaction (the encoder is the
 slow part; holding the catalog's write lock through it would stall every other writer); then, in
 one transaction that first locks the run and the target space, it keeps the items still pending,
-adds their vectors to the target index, writes a new snapshot, marks the tasks done, moves the
-items' authority from the source space to the target space and points the target space at the new
-snapshot (the commit protocol of index/galleries.py). A crash at any instant keeps the whole wave or
-none of it; resuming (:func:`run` again) redoes an uncommitted wave, and the index's
-insert-or-replace makes the redo duplicate nothing. Queries run on snapshots throughout.
+adds their vectors to the target index, writes them as a delta file (or, when a fold is due, a
+new full snapshot), marks the tasks done, moves the items' authority from the source space to the
+target space and appends the delta to the target space (the commit protocol of
+index/galleries.py); completing the run folds the deltas into one snapshot. A crash at any
+instant keeps the whole wave or none of it; resuming (:func:`run` again) redoes an uncommitted
+wave, and the index's insert-or-replace makes the redo duplicate nothing. Queries run on
+snapshots throughout.
 
 Orderings live in index/orderings.py, the lifecycle after the waves (status, pause, cutover,
 rollback) in index/lifecycle.py; both are re-exported here, the module callers use.
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -48,6 +51,7 @@ from index.galleries import (
     get_space,
     load_store,
     point_space_at,
+    space_deltas,
     staged_for,
 )
 from index.ledger import pending_tasks
@@ -248,7 +252,7 @@ def run(
             report = committed
             if on_wave:
                 on_wave(report)
-    _complete_if_done(ctx, run_id)
+    _complete_if_done(ctx, run_id, cache)
     return report
 
 
@@ -333,7 +337,8 @@ def _commit_wave(
             ids, x = ids[keep.numpy()], F.normalize(vectors[keep], dim=1)
             store = cache.get(ctx, target)
             store.add(ids, x.numpy())
-            with staged_for(ctx, target, store) as staged:
+            # Only added rows: usually staged as a delta file, not a rewrite of the whole index.
+            with staged_for(ctx, target, store, added=(ids, x.numpy())) as staged:
                 _move_authority(session, run_row, ids)
                 run_row.done_items += len(ids)
                 superseded = point_space_at(ctx, target, staged)
@@ -404,7 +409,10 @@ def _move_authority(session: Session, run_row: MigrationRun, ids: np.ndarray) ->
         )
 
 
-def _complete_if_done(ctx: Context, run_id: int) -> None:
+def _complete_if_done(ctx: Context, run_id: int, cache: _TargetCache) -> None:
+    """Mark the run completed once no task is left, folding the target's deltas into one
+    snapshot in the same transaction (a crash leaves the run running, resume completes it)."""
+    superseded: list[Path] = []
     with ctx.transaction() as session:
         run_row = lock_run(session, run_id)
         pending = session.scalar(
@@ -414,6 +422,12 @@ def _complete_if_done(ctx: Context, run_id: int) -> None:
         )
         if run_row.state == "running" and pending == 0:
             run_row.state = "completed"
+            target = lock_space(session, run_row.target_space_id)
+            if space_deltas(target):
+                with staged_for(ctx, target, cache.get(ctx, target)) as staged:
+                    superseded = point_space_at(ctx, target, staged)
+                    session.flush()
+    discard(superseded)
 
 
 # ---- small helpers -----------------------------------------------------------------------------

@@ -207,3 +207,29 @@ def test_0003_keeps_existing_spaces_and_their_rows(engine: Engine) -> None:
     assert "index_params" not in {c["name"] for c in inspect(engine).get_columns("embedding_space")}
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM item_embedding").scalar_one() == 1
+
+
+def test_0004_adds_an_empty_delta_list_and_refuses_to_drop_a_used_one(engine: Engine) -> None:
+    db.upgrade(engine, "0003")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO model_version (id, name, encoder_key, config_json, dim) "
+            "VALUES (1, 'v1', 'mlp', '{}', 4)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO embedding_space (id, name, model_version_id) VALUES (1, 'v1', 1)"
+        )
+    db.upgrade(engine)
+    with engine.begin() as connection:
+        deltas = connection.exec_driver_sql("SELECT index_deltas FROM embedding_space")
+        assert deltas.scalar_one() == "[]"
+        connection.exec_driver_sql(
+            """UPDATE embedding_space SET index_deltas = '[{"path": "indexes/v1.2.delta"}]'"""
+        )
+    with pytest.raises(RuntimeError, match="1 embedding spaces still have delta files"):
+        db.downgrade(engine, "0003")
+    assert db.current(engine) == db.head()
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE embedding_space SET index_deltas = '[]'")
+    db.downgrade(engine, "0003")
+    assert "index_deltas" not in {c["name"] for c in inspect(engine).get_columns("embedding_space")}
