@@ -19,7 +19,6 @@ gives l blocks of r, block j maps through w2[j] (s, r); the (l, s) result is tra
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
@@ -45,7 +44,9 @@ class MonarchMap:
     compute dtype (CPU bmm copies a transposed weight block by block on every call otherwise);
     ``bias_t`` is the bias padded and laid out as the second bmm's output, (l, 1, s), or (k, 1, q)
     without w2, so that ``baddbmm`` adds it for free. Built with autograd on, they stay
-    differentiable functions of the factors (training goes through the same path).
+    differentiable functions of the factors (training goes through the same path). ``dims``
+    (k, p, q, l, r, s) and ``requires_grad`` are read once here, not per call (l = r = s = 0
+    without w2).
     """
 
     w1: Tensor  # (k, q, p), as given (the Triton kernel reads any strides)
@@ -55,6 +56,8 @@ class MonarchMap:
     w1t: Tensor  # (k, p, q)
     w2t: Tensor | None  # (l, r, s)
     bias_t: Tensor | None  # (l, 1, s) or (k, 1, q)
+    dims: tuple[int, int, int, int, int, int]  # (k, p, q, l, r, s)
+    requires_grad: bool  # any of w1t, w2t, bias_t
 
     @property
     def d_in_padded(self) -> int:
@@ -127,10 +130,32 @@ def prepare_monarch(
         else:
             l, s, _ = w2.shape  # noqa: E741
             bias_t = padded.view(s, l).t().unsqueeze(1).contiguous()
-    return MonarchMap(w1=w1, w2=w2, bias=bias, d_out=d_out, w1t=w1t, w2t=w2t, bias_t=bias_t)
+    k, p, q = w1t.shape
+    l, r, s = (0, 0, 0) if w2t is None else w2t.shape  # noqa: E741
+    return MonarchMap(
+        w1=w1,
+        w2=w2,
+        bias=bias,
+        d_out=d_out,
+        w1t=w1t,
+        w2t=w2t,
+        bias_t=bias_t,
+        dims=(k, p, q, l, r, s),
+        requires_grad=any(t is not None and t.requires_grad for t in (w1t, w2t, bias_t)),
+    )
 
 
 def _check_x(x: Tensor, m: MonarchMap, out_dtype: torch.dtype | None) -> None:
+    # the common case in a few attribute reads (this runs on every call, ~1 us at B=1 otherwise)
+    if (
+        out_dtype is None
+        and isinstance(x, Tensor)
+        and x.dim() == 2
+        and 0 < x.shape[1] <= m.d_in_padded
+        and x.is_floating_point()
+        and x.device == m.w1.device
+    ):
+        return
     _check_dtypes(x, m.w1, None, out_dtype)
     _check_devices(x, m.w1, None)
     if x.dim() != 2 or not 0 < x.shape[1] <= m.d_in_padded:
@@ -177,42 +202,86 @@ def project_monarch_ref(
     return y.to(out_dtype or x.dtype)
 
 
+def _blocks(x: Tensor, k: int, p: int) -> Tensor:
+    """(B, k*p) rows -> (k, B, p), a strided view: bmm reads rows of stride k*p without a copy."""
+    s0, s1 = x.stride()
+    return x.as_strided((k, x.shape[0], p), (p * s1, s0, s1))
+
+
 def _product(x: Tensor, m: MonarchMap) -> Tensor:
-    """Both products on (B, d_in) rows, bias included, left in the last bmm's layout.
+    """Both products on (B, k*p) rows, bias included, left in the last bmm's layout.
 
     Returns (l, B, s) (output feature ss*l + ll at [ll, b, ss]), or (k, B, q) without w2.
-    Two (baddbmm) products and two layout copies.
+    Two (baddbmm) products and one layout copy between them (the stride permutation).
     """
-    batch = x.shape[0]
-    k, p, _ = m.w1t.shape
-    if x.shape[1] != k * p:
-        x = F.pad(x, (0, k * p - x.shape[1]))
-    # (B, k*p) -> (k, B, p): bmm wants the block index first (a no-op copy at B=1)
-    xt = x.view(batch, k, p).transpose(0, 1).contiguous()
+    xt = _blocks(x, m.dims[0], m.dims[1])  # (k, B, p)
     if m.w2t is None:
         return _bmm(m.bias_t, xt, m.w1t)  # (k, B, p) @ (k, p, q) [+ (k, 1, q)] -> (k, B, q)
-    l, r, _ = m.w2t.shape  # noqa: E741
-    h = torch.bmm(xt, m.w1t)  # (k, B, q)
-    # (k, B, q) -> (B, k*q) read as (B, r, l) -> (l, B, r): the stride permutation
-    h = h.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1).contiguous()
+    h = _middle(torch.bmm(xt, m.w1t), m)  # (k, B, q) -> (l, B, r)
     return _bmm(m.bias_t, h, m.w2t)  # (l, B, r) @ (l, r, s) [+ (l, 1, s)] -> (l, B, s)
 
 
+def _middle(h: Tensor, m: MonarchMap) -> Tensor:
+    """The stride permutation: (k, B, q) -> (l, B, r), middle feature rr*l + ll to [ll, b, rr].
+
+    One strided copy where the grids line up (always for one row, and when q is a multiple of l
+    or l of q: MonarchLinear's q = d/nb, l = nb); otherwise two (transpose to rows, then permute).
+    """
+    k, _, q, l, r, _ = m.dims  # noqa: E741
+    batch = h.shape[1]
+    if batch == 1:  # (k, 1, q) is the (k*q) row itself
+        return torch.as_strided_copy(h, (l, 1, r), (1, l * r, l))
+    if q % l == 0:  # rr = rr1*c + rr2 lies in block rr1 at entry rr2*l + ll
+        c = q // l
+        grid = torch.as_strided_copy(h, (l, batch, k, c), (1, q, batch * q, l))
+        return grid.view(l, batch, r)
+    if l % q == 0:  # ll = ll1*q + ll2 lies in block rr*c + ll1 at entry ll2
+        c = l // q
+        grid = torch.as_strided_copy(h, (c, q, batch, r), (batch * q, 1, q, c * batch * q))
+        return grid.view(l, batch, r)
+    return h.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1).contiguous()
+
+
 def _as_rows(z: Tensor, m: MonarchMap) -> Tensor:
-    """(l, B, s) -> (B, s, l) -> (B, s*l), or (k, B, q) -> (B, k*q); cropped to d_out."""
+    """(l, B, s) -> (B, s*l), or (k, B, q) -> (B, k*q); cropped to d_out. One copy (none at B=1
+    without w2); a crop that keeps whole (s, l) rows is folded into it."""
     batch = z.shape[1]
-    grid = z.permute(1, 2, 0) if m.w2t is not None else z.transpose(0, 1)
-    # An explicit width: reshape(batch, -1) is ambiguous for an empty batch.
-    return grid.reshape(batch, grid.shape[1] * grid.shape[2])[:, : m.d_out]
+    if m.w2t is None:
+        k, _, q = z.shape
+        y = z.view(1, k * q) if batch == 1 else z.transpose(0, 1).reshape(batch, k * q)
+        return y if m.d_out == k * q else y[:, : m.d_out]
+    l, _, s = z.shape  # noqa: E741
+    rows = -(-m.d_out // l)  # output feature ss*l + ll: the rows ss that hold the crop
+    # (l, B, s) read as (B, s, l): [b, ss, ll] = z[ll, b, ss]; an explicit width (B may be 0)
+    y = torch.as_strided_copy(z, (batch, rows, l), (s, 1, batch * s)).view(batch, rows * l)
+    return y if rows * l == m.d_out else y[:, : m.d_out]
 
 
 def _rows(x: Tensor, m: MonarchMap) -> Tensor:
     """The torch path on one chunk: (B, d_in) -> (B, d_out) with bias, in the compute dtype."""
+    if x.shape[1] != m.d_in_padded:
+        x = F.pad(x, (0, m.d_in_padded - x.shape[1]))
     if x.shape[0] == 1 and m.w2t is not None:
-        k, p, _ = m.w1t.shape
-        x = x if x.shape[1] == k * p else F.pad(x, (0, k * p - x.shape[1]))
         return _one_row(x, m, m.w2t)
     return _as_rows(_product(x, m), m)
+
+
+def _one_row(x: Tensor, m: MonarchMap, w2t: Tensor) -> Tensor:
+    """``_rows`` for one padded row in the fewest torch calls (each costs ~1-4 us of dispatch).
+
+    Four: bmm, the stride permutation, baddbmm (bias added for free), the output permutation
+    (plus a free view, and a slice only for a crop that cuts an (s, l) grid row). With one row
+    every layout change is a single strided read: x (1, k*p) is already (k, 1, p), the middle
+    (k*q) reads as (l, 1, r) and the output (l, s) as (s, l).
+    """
+    k, p, _, l, r, s = m.dims  # noqa: E741
+    h = torch.bmm(x.view(k, 1, p), m.w1t)  # (k, 1, p) @ (k, p, q) -> (k, 1, q)
+    h = torch.as_strided_copy(h, (l, 1, r), (1, l * r, l))
+    b = m.bias_t
+    z = torch.bmm(h, w2t) if b is None else torch.baddbmm(b, h, w2t)  # (l, 1, s)
+    rows = -(-m.d_out // l)  # the output grid rows ss that hold d_out features
+    y = torch.as_strided_copy(z, (rows, l), (1, s)).view(1, rows * l)
+    return y if rows * l == m.d_out else y[:, : m.d_out]
 
 
 def _rows_into(x: Tensor, m: MonarchMap, out: Tensor, normalize: bool) -> None:
@@ -221,6 +290,8 @@ def _rows_into(x: Tensor, m: MonarchMap, out: Tensor, normalize: bool) -> None:
     The chunk is normalized while it is still in cache, and the final layout copy doubles as
     the cast and as the write into the result (no torch.cat pass over the output).
     """
+    if x.shape[1] != m.d_in_padded:
+        x = F.pad(x, (0, m.d_in_padded - x.shape[1]))
     z = _product(x, m)
     if z.shape[0] * z.shape[2] != m.d_out:  # cropped: the crop needs the row layout first
         y = _as_rows(z, m)
@@ -235,21 +306,6 @@ def _rows_into(x: Tensor, m: MonarchMap, out: Tensor, normalize: bool) -> None:
         out.view(z.shape[1], z.shape[0], z.shape[2]).copy_(z.transpose(0, 1))
 
 
-def _one_row(x: Tensor, m: MonarchMap, w2t: Tensor) -> Tensor:
-    """``_rows`` for B=1 with the fewest ops: 7 (each costs microseconds of dispatch here).
-
-    With one row every layout change is a single strided read: x (1, k*p) is already (k, 1, p),
-    the permutation reads (k*q) = (r, l) as (l, 1, r), the output reads (l, s) as (s, l).
-    """
-    k, p, _ = m.w1t.shape
-    l, r, s = w2t.shape  # noqa: E741
-    h = torch.bmm(x.reshape(k, 1, p), m.w1t)  # (k, 1, p) @ (k, p, q) -> (k, 1, q)
-    h = h.as_strided((l, 1, r), (1, l * r, l)).contiguous()
-    z = _bmm(m.bias_t, h, w2t)  # (l, 1, r) @ (l, r, s) -> (l, 1, s)
-    y = z.as_strided((s, l), (1, s)).reshape(1, s * l)
-    return y if m.d_out == s * l else y[:, : m.d_out]
-
-
 def _bmm(bias_t: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a, b) if bias_t is None else torch.baddbmm(bias_t, a, b)
 
@@ -261,37 +317,47 @@ def _maybe(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 def _needs_grad(x: Tensor, m: MonarchMap) -> bool:
     if not torch.is_grad_enabled():
         return False
-    return any(t is not None and t.requires_grad for t in (x, m.w1t, m.w2t, m.bias_t))
+    return x.requires_grad or m.requires_grad
+
+
+def _promote(x: Tensor, m: MonarchMap) -> tuple[Tensor, MonarchMap]:
+    """x and the map in one compute dtype (e.g. fp64 rows through fp32 factors: fp64)."""
+    ct = torch.promote_types(x.dtype, m.w1t.dtype)
+    if ct != m.w1t.dtype:
+        m = prepare_monarch(m.w1.to(ct), _maybe(m.w2, ct), _maybe(m.bias, ct), d_out=m.d_out)
+    return x.to(ct), m
 
 
 def _monarch_torch(
     x: Tensor, m: MonarchMap, normalize: bool, out_dtype: torch.dtype, chunk_rows: int
 ) -> Tensor:
     """The torch path, tuned for CPU, differentiable when autograd needs it."""
-    grad = _needs_grad(x, m)
-    # no_grad, not inference_mode: outputs may feed trainable modules (see kernels.projection);
-    # skipped entirely when autograd is already off (a context costs ~1 us at B=1)
-    ctx = torch.no_grad() if not grad and torch.is_grad_enabled() else contextlib.nullcontext()
-    with ctx:
-        if x.dtype != m.w1t.dtype:
-            ct = torch.promote_types(x.dtype, m.w1t.dtype)
-            if ct != m.w1t.dtype:  # e.g. fp64 rows through fp32 factors: accumulate in fp64
-                m = prepare_monarch(
-                    m.w1.to(ct), _maybe(m.w2, ct), _maybe(m.bias, ct), d_out=m.d_out
-                )
-            x = x.to(ct)
-        chunked = x.is_cpu and x.shape[0] > chunk_rows
-        if chunked and not grad:
-            out = torch.empty(x.shape[0], m.d_out, dtype=out_dtype, device=x.device)
-            for i in range(0, x.shape[0], chunk_rows):
-                _rows_into(x[i : i + chunk_rows], m, out[i : i + chunk_rows], normalize)
-            return out
+    if x.dtype != m.w1t.dtype:
+        x, m = _promote(x, m)
+    if _needs_grad(x, m):
         # split/cat are differentiable, so chunking keeps autograd intact
+        chunked = x.is_cpu and x.shape[0] > chunk_rows
         y = torch.cat([_rows(c, m) for c in x.split(chunk_rows)]) if chunked else _rows(x, m)
-        if normalize:
-            # y is a fresh buffer (or a crop of one); in place only when autograd is off
-            y = F.normalize(y, dim=1, eps=EPS) if grad else _normalize_(y)
-        return _as(y, out_dtype)
+        return _as(F.normalize(y, dim=1, eps=EPS) if normalize else y, out_dtype)
+    # no_grad, not inference_mode: outputs may feed trainable modules (see kernels.projection);
+    # skipped when autograd is already off (a context costs ~1 us at B=1)
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return _monarch_nograd(x, m, normalize, out_dtype, chunk_rows)
+    return _monarch_nograd(x, m, normalize, out_dtype, chunk_rows)
+
+
+def _monarch_nograd(
+    x: Tensor, m: MonarchMap, normalize: bool, out_dtype: torch.dtype, chunk_rows: int
+) -> Tensor:
+    """Inference: CPU chunks written into one result; y is a fresh buffer, so normalized in place."""
+    if x.is_cpu and x.shape[0] > chunk_rows:
+        out = torch.empty(x.shape[0], m.d_out, dtype=out_dtype, device=x.device)
+        for i in range(0, x.shape[0], chunk_rows):
+            _rows_into(x[i : i + chunk_rows], m, out[i : i + chunk_rows], normalize)
+        return out
+    y = _rows(x, m)
+    return _as(_normalize_(y) if normalize else y, out_dtype)
 
 
 def _kernel_takes(x: Tensor, m: MonarchMap, out_dtype: torch.dtype) -> bool:

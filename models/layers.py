@@ -62,7 +62,7 @@ class StructuredLinear(nn.Module):
     constrained: ClassVar[tuple[str, ...]] = ()  # tensors a parametrization keeps on a manifold
     map_when_training: ClassVar[bool] = True
     chunk_rows: int = CPU_CHUNK_ROWS
-    _map_cache: tuple[tuple[object, ...], MonarchMap] | None = None
+    _map_cache: tuple[list[object], MonarchMap] | None = None
 
     def __init__(
         self,
@@ -143,14 +143,16 @@ class StructuredLinear(nn.Module):
         """The layer (bias and crop included) as a prepared ``kernels.monarch`` map, or None."""
         # the plain parameters directly: .parameters() costs ~5 us, a third of a B=1 forward
         params = (
-            tuple(self.parameters())
+            list(self.parameters())
             if "parametrizations" in self._modules  # is_parametrized(), without its exception
-            else tuple(p for p in self._parameters.values() if p is not None)
+            else [p for p in self._parameters.values() if p is not None]
         )
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self._build_map() if self.map_when_training else None
         # In-place updates bump _version, conversions (.to, .double) go through _apply below.
-        key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version) for p in params))
+        # (A list comprehension, not a generator: this runs on every inference call.)
+        key = [(p.data_ptr(), p._version) for p in params]
+        key.append(torch.is_inference_mode_enabled())
         if self._map_cache is None or self._map_cache[0] != key:
             m = self._build_map()
             if m is None:

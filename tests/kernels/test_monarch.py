@@ -31,6 +31,9 @@ SHAPES = [
     (2, 3, 4, None, None, None, 7, 6),
     (2, 16, 16, None, None, None, 30, 32),
 ]
+# The torch path's layout cases beyond SHAPES (whose middle grids are all q % l == 0): l % q == 0
+# with a crop of whole output-grid rows (d_out % l == 0), and neither dividing the other.
+TORCH_SHAPES = [*SHAPES, (4, 3, 2, 6, 2, 2, 8, 6), (2, 6, 5, 4, 3, 3, 9, 10)]
 
 
 def _data(
@@ -89,8 +92,8 @@ def test_ref_equals_dense_form(shape: tuple[Any, ...], normalize: bool) -> None:
 # --- torch path ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("n", [1, 5, 2 * CPU_CHUNK_ROWS + 3])  # single row, small, chunked
+@pytest.mark.parametrize("shape", TORCH_SHAPES)
+@pytest.mark.parametrize("n", [1, 2, 5, 2 * CPU_CHUNK_ROWS + 3])  # one row, small, chunked
 @pytest.mark.parametrize(("bias", "normalize"), [(False, False), (True, True), (True, False)])
 def test_torch_path_equals_dense_form(
     monkeypatch: pytest.MonkeyPatch, shape: tuple[Any, ...], n: int, bias: bool, normalize: bool
@@ -123,6 +126,52 @@ def test_torch_path_gradients_match_ref(normalize: bool) -> None:
         grads.append(torch.autograd.grad(y.pow(3).sum(), leaves))
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", TORCH_SHAPES)
+@pytest.mark.parametrize("n", [1, 3])  # the one-row path and the small-batch path
+def test_torch_path_values_and_gradients_match_dense_form(shape: tuple[Any, ...], n: int) -> None:
+    """With autograd on (training): values and the gradients of x, w1, w2 and the bias."""
+    x, w1, w2, b = _data(shape, n, F64, seed=n)
+    d_in, d_out = shape[-2:]
+    leaves = [t.clone().requires_grad_() for t in (x, w1, w2, b) if t is not None]
+    upstream = torch.randn(n, d_out, dtype=F64, generator=torch.Generator().manual_seed(9))
+    grads = []
+    for fn in ("path", "dense"):
+        xs, a, *rest = leaves
+        c, bb = (None, rest[0]) if w2 is None else rest
+        if fn == "path":
+            y = apply_monarch(xs, prepare_monarch(a, c, bb, d_out=d_out))
+        else:
+            y = xs @ _dense_form_autograd(a, c)[:d_out, :d_in].T + bb
+        grads.append((y, *torch.autograd.grad((y * upstream).sum(), leaves)))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def _dense_form_autograd(w1: torch.Tensor, w2: torch.Tensor | None) -> torch.Tensor:
+    """``dense_form`` kept differentiable in the factors (fp64 factors only)."""
+    right = torch.block_diag(*w1)
+    if w2 is None:
+        return right
+    l, s, r = w2.shape  # noqa: E741
+    return stride_permutation(l, s) @ torch.block_diag(*w2) @ stride_permutation(r, l) @ right
+
+
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("shape", [TORCH_SHAPES[0], TORCH_SHAPES[-1]])
+def test_torch_path_reads_strided_rows(shape: tuple[Any, ...], n: int) -> None:
+    """Full-width rows (no padding copy) with a column stride and a storage offset: the torch
+    path reads the blocks as a strided view of x, so the strides must be honoured."""
+    _, w1, w2, b = _data(shape, 1, F64)
+    d_out, width = shape[-1], w1.shape[0] * w1.shape[2]
+    x = torch.randn(n + 2, 2 * width, dtype=F64, generator=torch.Generator().manual_seed(n))
+    rows = x[2:, ::2]  # (n, k*p), strides (2 k*p, 2), storage offset 4 k*p
+    want = rows @ dense_form(w1, w2)[:d_out].T + b
+    m = prepare_monarch(w1, w2, b, d_out=d_out)
+    with torch.no_grad():
+        torch.testing.assert_close(apply_monarch(rows, m), want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(apply_monarch(rows, m), want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize(

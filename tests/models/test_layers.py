@@ -186,3 +186,24 @@ def test_training_map_is_rebuilt_and_differentiable(kind: str) -> None:
     first = layer.monarch_map()
     assert first is not None and first is not layer.monarch_map()
     assert first.w1t.requires_grad
+
+
+@pytest.mark.parametrize("kind", STRUCTURED)
+@pytest.mark.parametrize(("n_in", "n_out"), SIZES)
+@pytest.mark.parametrize("rows", [1, 3])  # the one-row path and the small-batch path
+def test_small_batches_match_dense_form(kind: str, n_in: int, n_out: int, rows: int) -> None:
+    """Inference (the cached map) and training (values and gradients) at B=1 and B=3."""
+    layer = build(kind, n_in, n_out)
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, n_in, dtype=F64, generator=gen, requires_grad=True)
+    upstream = torch.randn(rows, n_out, dtype=F64, generator=gen)
+    want_out = dense_reference(layer, x)
+    want = torch.autograd.grad((want_out * upstream).sum(), [x, *layer.parameters()])
+    got_out = layer(x)
+    got = torch.autograd.grad((got_out * upstream).sum(), [x, *layer.parameters()])
+    torch.testing.assert_close(got_out, want_out, rtol=1e-10, atol=1e-10)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x.detach()), want_out, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(layer(x.detach()[0]), want_out[0], rtol=1e-10, atol=1e-10)
