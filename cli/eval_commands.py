@@ -1,4 +1,9 @@
-"""``hotswap eval``: bridge or backfill? measured from vector files alone."""
+"""``hotswap eval``: bridge or backfill? measured from vector files, or from two catalog versions.
+
+Vector files: --old-queries/--new-queries/--old-gallery/--new-gallery (+ labels or pairs).
+Catalog versions: --old-version/--new-version (registered with --encoder) and --query-set, a JSON
+file of labelled texts (format: index/evaluation.py), embedded here by both versions' encoders.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,33 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.app import Json, app, emit
+from cli.app import DEFAULT_DIR, Database, DataDir, Json, app, emit
+from kernels.errors import InvalidInputError
 
 
 @app.command("eval", rich_help_panel="Upgrade")
 def eval_command(
     old_queries: Annotated[
-        Path, typer.Option(help="Queries embedded by the old model (Q, d_old) .npy.")
-    ],
-    new_queries: Annotated[Path, typer.Option(help="The same queries, new model (Q, d_new) .npy.")],
-    old_gallery: Annotated[Path, typer.Option(help="Gallery, old model (G, d_old) .npy.")],
-    new_gallery: Annotated[Path, typer.Option(help="The same gallery, new model (G, d_new) .npy.")],
+        Path | None, typer.Option(help="Queries embedded by the old model (Q, d_old) .npy.")
+    ] = None,
+    new_queries: Annotated[
+        Path | None, typer.Option(help="The same queries, new model (Q, d_new) .npy.")
+    ] = None,
+    old_gallery: Annotated[
+        Path | None, typer.Option(help="Gallery, old model (G, d_old) .npy.")
+    ] = None,
+    new_gallery: Annotated[
+        Path | None, typer.Option(help="The same gallery, new model (G, d_new) .npy.")
+    ] = None,
+    old_version: Annotated[
+        str | None, typer.Option(help="Catalog version of the old model (pretrained encoder).")
+    ] = None,
+    new_version: Annotated[
+        str | None, typer.Option(help="Catalog version of the new model (pretrained encoder).")
+    ] = None,
+    query_set: Annotated[
+        Path | None, typer.Option(help="Labelled texts for --old/--new-version (JSON).")
+    ] = None,
     query_labels: Annotated[
         Path | None, typer.Option(help="Class label per query, one a line.")
     ] = None,
@@ -50,21 +71,43 @@ def eval_command(
     plot: Annotated[
         Path | None, typer.Option(file_okay=False, help="Write PNG plots to this folder.")
     ] = None,
+    directory: DataDir = DEFAULT_DIR,
+    database: Database = None,
     as_json: Json = False,
 ) -> None:
     """Old/old, bridged, new/new, rerank, backfilling curves, and the verdict: bridge or backfill."""
-    from compat.eval_inputs import EvalFiles, evaluate_vector_files
+    options: dict[str, Any] = {"metric": f"recall@{k}", "ks": (k,),
+                               "rerank_depth": rerank_depth or None}  # fmt: skip
+    if seconds_per_item is not None:
+        options["new_seconds_per_item"] = seconds_per_item
+    if old_version is not None or new_version is not None or query_set is not None:
+        from index.context import open_context
+        from index.evaluation import evaluate_versions, load_query_set
 
-    files = EvalFiles(
-        old_queries=old_queries, new_queries=new_queries, old_gallery=old_gallery,
-        new_gallery=new_gallery, query_labels=query_labels, gallery_labels=gallery_labels,
-        pairs=pairs, self_match=self_match, adapter=adapter, fit=fit,
-        anchors_old=anchors_old, anchors_new=anchors_new,
-    )  # fmt: skip
-    report = evaluate_vector_files(
-        files, metric=f"recall@{k}", ks=(k,), rerank_depth=rerank_depth or None,
-        new_seconds_per_item=seconds_per_item,
-    )  # fmt: skip
+        if old_version is None or new_version is None or query_set is None:
+            raise InvalidInputError(
+                "catalog mode needs --old-version, --new-version and --query-set"
+            )
+        report = evaluate_versions(
+            open_context(directory, database), old_version, new_version,
+            load_query_set(query_set), adapter=adapter, fit=fit, **options,
+        )  # fmt: skip
+    else:
+        from compat.eval_inputs import EvalFiles, evaluate_vector_files
+
+        if old_queries is None or new_queries is None or old_gallery is None or new_gallery is None:
+            raise InvalidInputError(
+                "give the four vector files (--old-queries, --new-queries, --old-gallery, "
+                "--new-gallery) or two catalog versions (--old-version, --new-version, --query-set)"
+            )
+
+        files = EvalFiles(
+            old_queries=old_queries, new_queries=new_queries, old_gallery=old_gallery,
+            new_gallery=new_gallery, query_labels=query_labels, gallery_labels=gallery_labels,
+            pairs=pairs, self_match=self_match, adapter=adapter, fit=fit,
+            anchors_old=anchors_old, anchors_new=anchors_new,
+        )  # fmt: skip
+        report = evaluate_vector_files(files, **options)
     result: dict[str, Any] = report.to_dict()
     if plot is not None:
         from index.plots import plot_report
