@@ -108,14 +108,12 @@ def serve(
     ] = None,
 ) -> None:
     """Serve POST /query, GET /status, GET /healthz (OpenAPI docs at /docs)."""
-    from cli.server import create_app
+    from cli.server import create_app, run
     from index.context import open_context
-    from kernels.optional import require
 
-    uvicorn = require("uvicorn", "serve")
     api = create_app(open_context(directory, database), token=token)
     typer.echo(f"serving {directory} on http://{host}:{port} (docs: /docs)", err=True)
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+    run(api, host, port)
 
 
 @app.command(rich_help_panel="Set up")

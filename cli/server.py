@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hmac
 import threading
-from typing import Any
+from typing import Annotated, Any
 
 from kernels.optional import require
 
 require("fastapi", "serve")
 
 import numpy as np  # noqa: E402
+import pydantic_core  # noqa: E402
 import torch  # noqa: E402
 from fastapi import Depends, FastAPI, HTTPException, Request  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+from fastapi.concurrency import run_in_threadpool  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from pydantic import BaseModel, Field, ValidationError  # noqa: E402
 
 from index import versions  # noqa: E402
 from index.context import Context  # noqa: E402
@@ -29,13 +31,24 @@ from index.status import summary  # noqa: E402
 from kernels.errors import HotswapError  # noqa: E402
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # 8 MiB: about 2,700 queries of 768 floats as JSON
+MAX_QUERIES = 4096
+# Queries of up to this many floats are searched on the event loop: a thread-pool hop costs more
+# than such a search. Larger batches and texts (a transformer forward) go to the thread pool.
+INLINE_MAX_FLOATS = 16 * 1024
 STATUS_BY_EXIT_CODE = {2: 422, 3: 404, 4: 409, 5: 503}
+BINARY, JSON = "application/octet-stream", "application/json"
+
+# strict: a string or a bool is not a number; JSON's NaN/Infinity and overflowing literals are refused.
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class QueryRequest(BaseModel):
     version: str = Field(description="Model version (or serving alias) of the queries.")
-    vectors: list[list[float]] | None = Field(
-        default=None, min_length=1, max_length=4096, description="Query vectors (N, d)."
+    vectors: list[list[Finite]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_QUERIES,
+        description="Query vectors (N, d), finite numbers.",
     )
     texts: list[str] | None = Field(
         default=None,
@@ -47,6 +60,15 @@ class QueryRequest(BaseModel):
     policy: str = Field(default="score", description="Merge policy: score, rrf, native_first.")
 
 
+class BinaryQuery(BaseModel):
+    """The query-string parameters of an ``application/octet-stream`` body."""
+
+    version: str
+    dim: int = Field(ge=1, description="Width d of each float32 row of the body.")
+    k: int = Field(default=10, ge=1, le=1000)
+    policy: str = "score"
+
+
 class Hit(BaseModel):
     id: str
     score: float
@@ -55,6 +77,55 @@ class Hit(BaseModel):
 
 class QueryResponse(BaseModel):
     results: list[list[Hit]]
+
+
+def invalid(error: ValidationError, where: str) -> HTTPException:
+    """422 in FastAPI's shape, without echoing the input (it may be megabytes, or NaN)."""
+    detail = [
+        {"type": e["type"], "loc": [where, *e["loc"]], "msg": e["msg"]}
+        for e in error.errors(include_url=False)
+    ]
+    return HTTPException(422, detail)
+
+
+def parse_json(raw: bytes) -> tuple[QueryRequest, np.ndarray | None]:
+    """A JSON body -> the request and its (N, d) float32 vectors (None for texts)."""
+    try:
+        body = QueryRequest.model_validate_json(raw)  # pydantic-core parses the bytes itself
+    except ValidationError as e:
+        raise invalid(e, "body") from e
+    if (body.vectors is None) == (body.texts is None):
+        raise HTTPException(422, "give exactly one of 'vectors' or 'texts'")
+    if body.vectors is None:
+        return body, None
+    if len({len(v) for v in body.vectors}) != 1:
+        raise HTTPException(422, "all query vectors must have the same width")
+    return body, finite32(np.asarray(body.vectors, dtype=np.float32))
+
+
+def parse_binary(raw: bytes, params: dict[str, str]) -> tuple[BinaryQuery, np.ndarray]:
+    """Little-endian float32 rows of width ``dim`` -> the request and its (N, dim) vectors."""
+    try:
+        query = BinaryQuery.model_validate(params)
+    except ValidationError as e:
+        raise invalid(e, "query") from e
+    row = 4 * query.dim
+    if not raw or len(raw) % row:
+        raise HTTPException(
+            422,
+            f"body of {len(raw)} bytes is not a whole number of float32 rows of width {query.dim}",
+        )
+    if len(raw) // row > MAX_QUERIES:
+        raise HTTPException(422, f"{len(raw) // row} query rows, at most {MAX_QUERIES}")
+    # a copy: torch wants a writable array, and the body's bytes are read-only
+    return query, finite32(np.frombuffer(raw, dtype="<f4").reshape(-1, query.dim).copy())
+
+
+def finite32(vectors: np.ndarray) -> np.ndarray:
+    # float64 values beyond float32's range become inf here, after pydantic's finiteness check.
+    if not np.isfinite(vectors).all():
+        raise HTTPException(422, "query vectors must be finite (no NaN or infinity)")
+    return vectors
 
 
 class BodyLimit:
@@ -97,11 +168,41 @@ class TextEncoders:
         return encoder.encode(texts)
 
 
+def query_openapi() -> dict[str, Any]:
+    """The /query body as OpenAPI: the endpoint reads its raw body, so FastAPI cannot infer it."""
+    binary = BinaryQuery.model_json_schema()
+    parameters = [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": f"{BINARY} bodies only (required there: {', '.join(binary['required'])})."
+            + (f" {schema['description']}" if "description" in schema else ""),
+        }
+        for name, schema in binary["properties"].items()
+    ]
+    body = {
+        "required": True,
+        "description": f"JSON, or {BINARY}: N little-endian float32 rows of width `dim`, the "
+        "other fields as query parameters (no JSON float parsing: the fast path for batches).",
+        "content": {
+            "application/json": {"schema": QueryRequest.model_json_schema()},
+            BINARY: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+    return {"parameters": parameters, "requestBody": body}
+
+
 def create_app(
-    ctx: Context, *, token: str | None = None, max_body: int = MAX_BODY_BYTES
+    ctx: Context,
+    *,
+    token: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    inline_max_floats: int = INLINE_MAX_FLOATS,
 ) -> FastAPI:
     pool = SearcherPool(ctx)
-    texts = TextEncoders(ctx)
+    encoders = TextEncoders(ctx)
     api = FastAPI(title="hotswap", summary="Mixed-version search over a migrating gallery.")
 
     # async: a plain `def` dependency would cost every request a hop through the thread pool.
@@ -129,22 +230,14 @@ def create_app(
     def status() -> dict[str, Any]:
         return summary(ctx)
 
-    @api.post("/query", response_model=QueryResponse, dependencies=[Depends(authorize)])
-    def query(body: QueryRequest) -> JSONResponse:
-        if (body.vectors is None) == (body.texts is None):
-            raise HTTPException(422, "give exactly one of 'vectors' or 'texts'")
-        if body.texts is not None:  # first: a version without an encoder is the error to report
-            vectors = texts.encode(pool.resolve(body.version), body.texts)
-        elif len({len(v) for v in body.vectors or []}) != 1:
-            raise HTTPException(422, "all query vectors must have the same width")
-        else:
-            vectors = torch.from_numpy(np.asarray(body.vectors, dtype=np.float32))
-        searcher = pool.get(body.version)
-        result = searcher.search(vectors, k=body.k, policy=body.policy)
+    def search(version: str, vectors: torch.Tensor, k: int, policy: str) -> bytes:
+        """(N, d) queries -> the response body, N lists of hits."""
+        searcher = pool.get(version)
+        result = searcher.search(vectors, k=k, policy=policy)
         names = searcher.external_ids(result.ids)
         # Built as plain JSON: the hits are correct by construction, and validating them again
         # through the response model costs more than the search on small galleries. The
-        # response_model above still documents the shape in the OpenAPI schema.
+        # response_model below still documents the shape in the OpenAPI schema.
         hits = [
             [
                 {"id": n, "score": float(s), "space": result.space_names[sp]}
@@ -153,6 +246,46 @@ def create_app(
             ]
             for q, row in enumerate(names)
         ]
-        return JSONResponse({"results": hits})
+        return pydantic_core.to_json({"results": hits})
+
+    def search_texts(body: QueryRequest) -> bytes:
+        assert body.texts is not None  # parse_json checked it
+        vectors = encoders.encode(pool.resolve(body.version), body.texts)
+        return search(body.version, vectors, body.k, body.policy)
+
+    @api.post(
+        "/query",
+        response_model=QueryResponse,
+        dependencies=[Depends(authorize)],
+        openapi_extra=query_openapi(),
+    )
+    async def query(request: Request) -> Response:
+        # async, reading the raw body: no thread-pool hop for small queries, one parse of the
+        # bytes (pydantic-core's JSON parser, or none for float32 rows).
+        kind = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+        raw = await request.body()
+        params: BinaryQuery | QueryRequest
+        if kind == BINARY:
+            params, vectors = parse_binary(raw, dict(request.query_params))
+        elif kind == "application/json":
+            body, found = parse_json(raw)
+            if found is None:  # texts: a transformer forward, never on the event loop
+                return Response(await run_in_threadpool(search_texts, body), media_type=JSON)
+            params, vectors = body, found
+        else:
+            raise HTTPException(415, f"content-type {kind!r}: send application/json or {BINARY}")
+        call = (params.version, torch.from_numpy(vectors), params.k, params.policy)
+        if vectors.size <= inline_max_floats:
+            payload = search(*call)
+        else:
+            payload = await run_in_threadpool(search, *call)
+        return Response(payload, media_type=JSON)
 
     return api
+
+
+def run(api: FastAPI, host: str, port: int) -> None:
+    """Serve ``api`` with uvicorn: httptools and uvloop where installed (the ``serve`` extra
+    brings them), no access log (it formats a line per request even when not shown)."""
+    uvicorn = require("uvicorn", "serve")
+    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)

@@ -194,3 +194,114 @@ def test_text_queries_through_a_pretrained_version(tmp_path) -> None:
         assert no_encoder.status_code == 422 and "no pretrained encoder" in no_encoder.text
         both = client.post("/query", json={"version": "mini", "texts": ["x"], "vectors": [[0.0]]})
         assert both.status_code == 422 and "exactly one" in both.text
+
+
+@pytest.fixture(scope="module")
+def served_once(tmp_path_factory):
+    """One server for the tests that only read: malformed bodies, the float32 body, OpenAPI."""
+    ctx = new_deployment(tmp_path_factory.mktemp("served") / "data")
+    galleries.ingest(ctx, "v1", [f"doc-{i}" for i in range(N)], unit_vectors(N, OLD_DIM, seed=1))
+    with running_server(ctx.data_dir) as client:
+        yield client
+
+
+def json_body(vectors: str, version: str = "v2") -> bytes:
+    return f'{{"version": "{version}", "vectors": {vectors}, "k": 3}}'.encode()
+
+
+ROW = ", ".join(["0.5"] * (NEW_DIM - 1))
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (json_body(f"[[NaN, {ROW}]]"), "finite number"),
+        (json_body(f"[[Infinity, {ROW}]]"), "finite number"),
+        (json_body(f"[[1e400, {ROW}]]"), "finite number"),
+        (json_body(f"[[1e39, {ROW}]]"), "must be finite"),  # finite as float64, not as float32
+        (json_body(f'[["0.5", {ROW}]]'), "valid number"),
+        (json_body(f"[[true, {ROW}]]"), "valid number"),
+        (json_body(f"[{ROW}]"), "valid array"),
+        (json_body("[" + ", ".join(["[0.5]"] * 4097) + "]"), "at most 4096 items"),
+        (b'{"version": "v2", "vectors": [[0.5', "Invalid JSON"),
+        (b'["v2"]', "Input should be an object"),
+    ],
+)
+def test_malformed_json_bodies_get_422(served_once, raw, message) -> None:
+    response = served_once.post("/query", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and message in response.text, response.text
+
+
+def test_unknown_content_type_gets_415(served_once) -> None:
+    response = served_once.post("/query", content=b"v2", headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and "application/octet-stream" in response.text
+
+
+def post_float32(client: httpx.Client, vectors: np.ndarray, **params: object) -> httpx.Response:
+    return client.post(
+        "/query",
+        params={"version": "v2", "k": 5, **params},
+        content=vectors.astype("<f4").tobytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+
+
+def test_float32_body_answers_like_json(served_once) -> None:
+    queries = unit_vectors(4, NEW_DIM, seed=7)
+    binary = post_float32(served_once, queries, dim=NEW_DIM)
+    assert binary.status_code == 200, binary.text
+    assert binary.json() == query(served_once, queries).json()
+
+
+def test_large_batches_answer_like_single_queries(served_once) -> None:
+    """Over INLINE_MAX_FLOATS the search runs in the thread pool: the same answers."""
+    from cli.server import INLINE_MAX_FLOATS
+
+    queries = unit_vectors(INLINE_MAX_FLOATS // NEW_DIM + 3, NEW_DIM, seed=8)
+    batch = post_float32(served_once, queries, dim=NEW_DIM)
+    assert batch.status_code == 200, batch.text
+    rows = batch.json()["results"]
+    assert len(rows) == len(queries)
+    for i in (0, len(queries) - 1):
+        assert rows[i] == query(served_once, queries[i : i + 1]).json()["results"][0]
+
+
+@pytest.mark.parametrize(
+    ("vectors", "params", "status", "message"),
+    [
+        (np.zeros(NEW_DIM + 1), {"dim": NEW_DIM}, 422, "not a whole number of float32 rows"),
+        (np.zeros(0), {"dim": NEW_DIM}, 422, "not a whole number of float32 rows"),
+        (np.zeros(NEW_DIM), {}, 422, "Field required"),
+        (np.zeros(NEW_DIM), {"dim": 0}, 422, "greater than or equal to 1"),
+        (np.zeros(NEW_DIM), {"dim": "ten"}, 422, "valid integer"),
+        (np.full(NEW_DIM, np.nan), {"dim": NEW_DIM}, 422, "must be finite"),
+        (np.zeros(4097), {"dim": 1}, 422, "4097 query rows, at most 4096"),
+        (np.zeros(6), {"dim": 3}, 422, "width 3, the space expects 10"),
+        (np.zeros(NEW_DIM), {"dim": NEW_DIM, "version": "v9"}, 404, "unknown model version"),
+        (np.zeros(NEW_DIM), {"dim": NEW_DIM, "k": 0}, 422, "greater than or equal to 1"),
+    ],
+)
+def test_bad_float32_bodies_get_clear_4xx(served_once, vectors, params, status, message) -> None:
+    response = post_float32(served_once, vectors, **params)
+    assert response.status_code == status and message in response.text, response.text
+
+
+def test_float32_body_needs_the_token(served_once) -> None:
+    response = httpx.post(
+        str(served_once.base_url.join("/query")),
+        params={"version": "v2", "dim": NEW_DIM},
+        content=np.zeros(NEW_DIM, dtype="<f4").tobytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert response.status_code == 401
+
+
+def test_openapi_documents_both_bodies_and_the_response(served_once) -> None:
+    operation = served_once.get("/openapi.json").json()["paths"]["/query"]["post"]
+    content = operation["requestBody"]["content"]
+    assert content["application/octet-stream"]["schema"]["format"] == "binary"
+    fields = content["application/json"]["schema"]["properties"]
+    assert fields.keys() == {"version", "vectors", "texts", "k", "policy"}
+    assert {p["name"] for p in operation["parameters"]} == {"version", "dim", "k", "policy"}
+    response = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert response == {"$ref": "#/components/schemas/QueryResponse"}
