@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -56,15 +56,66 @@ def build(directory: Path, items: int, dim: int, seed: int) -> Context:
     return ctx
 
 
-@contextmanager
-def server(directory: Path, threads: int) -> Iterator[httpx.Client]:
+# Starts a variant of the server for an A/B: cli/server.py as of a git revision (or the working
+# tree), under uvicorn with the given protocol, loop and access log.
+LAUNCH = """
+import importlib.util, sys, uvicorn
+from pathlib import Path
+from index.context import open_context
+path, data, port, http, loop, access_log = sys.argv[1:7]
+spec = importlib.util.spec_from_file_location("server_under_test", path)
+module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+api = module.create_app(open_context(Path(data)))
+uvicorn.run(api, host="127.0.0.1", port=int(port), log_level="warning", http=http, loop=loop,
+            access_log=access_log == "on")
+"""
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def variant_command(directory: Path, port: int, spec: str, keep: Path) -> list[str]:
+    """``rev=REV,http=h11|httptools|auto,loop=asyncio|uvloop|auto,log=on|off`` -> a command line."""
+    options = {"rev": "", "http": "auto", "loop": "auto", "log": "off"}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in options:
+            raise SystemExit(f"--variant {spec!r}: unknown key {key!r}, expected {sorted(options)}")
+        options[key] = value
+    path = ROOT / "cli" / "server.py"
+    if options["rev"]:
+        path = keep / f"server_{options['rev'].replace('/', '_')}.py"
+        source = subprocess.run(
+            ["git", "show", f"{options['rev']}:cli/server.py"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        path.write_text(source)
+    args = [str(path), str(directory), str(port), options["http"], options["loop"], options["log"]]
+    return [sys.executable, "-c", LAUNCH, *args]
+
+
+@contextmanager
+def server(
+    directory: Path, threads: int, spec: str | None = None
+) -> Iterator[tuple[httpx.Client, Callable[[], float]]]:
+    """``hotswap serve`` as users start it (spec None), or a variant of it: a keep-alive client,
+    and the CPU seconds the server process has used so far."""
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-c", "from cli.main import main; main()"]
-    command += ["serve", "--dir", str(directory), "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    if spec is None:
+        command = [sys.executable, "-c", "from cli.main import main; main()"]
+        command += ["serve", "--dir", str(directory), "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        command = variant_command(directory, port, spec, directory.parent)
+    log = (directory.parent / f"server-{port}.log").open("w")
+    process = subprocess.Popen(command, env=env, stderr=log)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         deadline = time.monotonic() + 120
@@ -74,30 +125,54 @@ def server(directory: Path, threads: int) -> Iterator[httpx.Client]:
                     break
             except httpx.TransportError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("hotswap serve did not start") from None
+                    name, text = spec or "hotswap serve", Path(log.name).read_text()[-2000:]
+                    raise RuntimeError(f"server {name} did not start:\n{text}") from None
                 time.sleep(0.2)
-        yield client
+        yield client, lambda: process_cpu_seconds(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=20)
         client.close()
+        log.close()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def interleaved(
-    contenders: dict[str, Callable[[int], object]], requests: int, block: int, budget: float
-) -> dict[str, list[float]]:
-    """Blocks of ``block`` requests per contender in turn, until ``requests`` each or ``budget`` s."""
+    contenders: dict[str, Callable[[int], object]],
+    server_cpu: dict[str, Callable[[], float]],
+    requests: int,
+    block: int,
+    budget: float,
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Blocks of ``block`` requests per contender in turn, until ``requests`` each or ``budget`` s.
+
+    Returns each request's wall seconds and each contender's CPU seconds per request: this
+    thread's (client, or the whole direct call) plus the server process's. CPU time is what
+    a loaded machine stretches least: waiting for a core is not counted.
+    """
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu = dict.fromkeys(contenders, 0.0)
     stop = time.monotonic() + budget
     done = 0
     while done < requests and time.monotonic() < stop:
         for name, call in contenders.items():
+            served = server_cpu.get(name, lambda: 0.0)
+            cpu[name] -= time.thread_time() + served()
             for q in range(done, done + block):
                 start = time.perf_counter()
                 call(q)
                 seconds[name].append(time.perf_counter() - start)
+            cpu[name] += time.thread_time() + served()
         done += block
-    return seconds
+    return seconds, {name: total / len(seconds[name]) for name, total in cpu.items()}
 
 
 def concurrent_qps(
@@ -138,7 +213,10 @@ def run(args: argparse.Namespace) -> str:
     def body(q: int) -> dict:
         return {"version": "v1", "vectors": [queries[q % 4096].tolist()], "k": args.k}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    binary = {"version": "v1", "dim": args.dim, "k": args.k}
+    octets = {"content-type": "application/octet-stream"}
+
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         ctx = build(Path(tmp) / "data", args.items, args.dim, args.seed)
         pool = SearcherPool(ctx)
 
@@ -147,38 +225,64 @@ def run(args: argparse.Namespace) -> str:
             result = searcher.search(torch.from_numpy(queries[q % 4096 : q % 4096 + 1]), k=args.k)
             return searcher.external_ids(result.ids)
 
-        with server(ctx.data_dir, args.threads) as client:
-
-            def post(q: int) -> object:
-                return client.post("/query", json=body(q)).raise_for_status()
-
-            for q in range(20):  # warm both paths (first searcher open, first requests)
-                direct(q), post(q)
-            seconds = interleaved(
-                {"direct": direct, "HTTP": post}, args.requests, args.block, args.seconds
+        servers = {"HTTP": stack.enter_context(server(ctx.data_dir, args.threads))}
+        for spec in args.variant:
+            servers[f"HTTP [{spec}]"] = stack.enter_context(
+                server(ctx.data_dir, args.threads, spec)
             )
-            qps = concurrent_qps(str(client.base_url), body, args.clients, args.concurrent_seconds)
-    return report(
-        args, {name: percentiles(s) for name, s in seconds.items()}, qps, len(seconds["HTTP"])
-    )
+        clients = {name: client for name, (client, _) in servers.items()}
+        server_cpu = {name: cpu for name, (_, cpu) in servers.items()}
+        server_cpu["HTTP float32 body"] = server_cpu["HTTP"]
+
+        def poster(client: httpx.Client) -> Callable[[int], object]:
+            return lambda q: client.post("/query", json=body(q)).raise_for_status()
+
+        def post_float32(q: int) -> object:
+            row = queries[q % 4096].tobytes()
+            response = clients["HTTP"].post("/query", params=binary, content=row, headers=octets)
+            return response.raise_for_status()
+
+        contenders = {"direct": direct, **{name: poster(c) for name, c in clients.items()}}
+        if not args.no_binary:
+            contenders["HTTP float32 body"] = post_float32
+        for q in range(20):  # warm every path (first searcher open, first requests)
+            for call in contenders.values():
+                call(q)
+        seconds, cpu = interleaved(contenders, server_cpu, args.requests, args.block, args.seconds)
+        qps = {
+            name: concurrent_qps(str(c.base_url), body, args.clients, args.concurrent_seconds)
+            for name, c in clients.items()
+        }
+    stats = {name: {**percentiles(s), "cpu": cpu[name] * 1000} for name, s in seconds.items()}
+    return report(args, stats, qps, len(seconds["HTTP"]))
 
 
-def report(args: argparse.Namespace, stats: dict[str, dict[str, float]], qps: float, n: int) -> str:
-    overhead = stats["HTTP"]["p50"] - stats["direct"]["p50"]
+def report(
+    args: argparse.Namespace, stats: dict[str, dict[str, float]], qps: dict[str, float], n: int
+) -> str:
+    base = stats["direct"]["p50"]
+    overhead = stats["HTTP"]["p50"] - base
     lines = [
         f"items {args.items} x {args.dim}-d (Flat), k={args.k}, 1 query per request, "
         f"{n} requests per contender (interleaved blocks of {args.block}), torch/OMP threads {args.threads}",
-        f"machine: {platform.machine()}, {os.cpu_count()} cores (shared, loaded), Python {platform.python_version()}",
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end, Python {platform.python_version()}",
         "",
-        "| contender | p50 ms | p90 ms | p99 ms | sequential QPS |",
-        "|---|---:|---:|---:|---:|",
+        "| contender | p50 ms | p90 ms | p99 ms | sequential QPS | overhead p50 ms "
+        "| CPU ms/request | overhead CPU ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {name} | {s['p50']:.2f} | {s['p90']:.2f} | {s['p99']:.2f} | {s['qps']:.0f} |"
+            f"| {name} | {s['p50']:.2f} | {s['p90']:.2f} | {s['p99']:.2f} | {s['qps']:.0f} "
+            f"| {s['p50'] - base:.2f} | {s['cpu']:.2f} | {s['cpu'] - stats['direct']['cpu']:.2f} |"
             for name, s in stats.items()
         ),
         "",
         f"HTTP overhead at p50: {overhead:.2f} ms (target <= 2 ms: {'met' if overhead <= 2 else 'MISSED'})",
-        f"HTTP with {args.clients} concurrent clients for {args.concurrent_seconds:.0f} s: {qps:.0f} QPS",
+        *(
+            f"{name} with {args.clients} concurrent clients for {args.concurrent_seconds:.0f} s: "
+            f"{value:.0f} QPS"
+            for name, value in qps.items()
+        ),
     ]
     return "\n".join(lines)
 
@@ -195,6 +299,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrent-seconds", type=float, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also serve a variant, interleaved with the rest (A/B): "
+        "rev=GIT_REV,http=h11|httptools|auto,loop=asyncio|uvloop|auto,log=on|off",
+    )
+    parser.add_argument("--no-binary", action="store_true", help="skip the float32-body contender")
     args = parser.parse_args(argv)
     print(run(args))
 
