@@ -45,8 +45,8 @@ class MonarchMap:
     ``bias_t`` is the bias padded and laid out as the second bmm's output, (l, 1, s), or (k, 1, q)
     without w2, so that ``baddbmm`` adds it for free. Built with autograd on, they stay
     differentiable functions of the factors (training goes through the same path). ``dims``
-    (k, p, q, l, r, s) and ``requires_grad`` are read once here, not per call (l = r = s = 0
-    without w2).
+    (k, p, q, l, r, s), ``d_in_padded`` and ``requires_grad`` are read once here, not per call
+    (an attribute read is ~0.1 us, a shape product ~0.3 us; l = r = s = 0 without w2).
     """
 
     w1: Tensor  # (k, q, p), as given (the Triton kernel reads any strides)
@@ -58,10 +58,7 @@ class MonarchMap:
     bias_t: Tensor | None  # (l, 1, s) or (k, 1, q)
     dims: tuple[int, int, int, int, int, int]  # (k, p, q, l, r, s)
     requires_grad: bool  # any of w1t, w2t, bias_t
-
-    @property
-    def d_in_padded(self) -> int:
-        return self.w1.shape[0] * self.w1.shape[2]
+    d_in_padded: int  # k*p
 
 
 def _check_factor_tensors(w1: Tensor, w2: Tensor | None, bias: Tensor | None) -> None:
@@ -141,6 +138,7 @@ def prepare_monarch(
         w2t=w2t,
         bias_t=bias_t,
         dims=(k, p, q, l, r, s),
+        d_in_padded=k * p,
         requires_grad=any(t is not None and t.requires_grad for t in (w1t, w2t, bias_t)),
     )
 
@@ -388,6 +386,15 @@ def apply_monarch(
         from kernels._triton_monarch import project_monarch_triton
 
         return project_monarch_triton(x, m, normalize, out_dtype)
+    w2t = m.w2t
+    if (  # one full-width row in the compute dtype, as served: straight to its 4 torch calls
+        x.shape[0] == 1
+        and w2t is not None
+        and not normalize
+        and x.dtype == out_dtype == w2t.dtype
+        and x.shape[1] == m.d_in_padded
+    ):
+        return _one_row(x, m, w2t)  # differentiable: right with or without autograd
     return _monarch_torch(x, m, normalize, out_dtype, chunk_rows)
 
 

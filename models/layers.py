@@ -145,13 +145,13 @@ class StructuredLinear(nn.Module):
         params = (
             list(self.parameters())
             if "parametrizations" in self._modules  # is_parametrized(), without its exception
-            else [p for p in self._parameters.values() if p is not None]
+            else self._parameters.values()  # may hold None (no bias)
         )
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
             return self._build_map() if self.map_when_training else None
         # In-place updates bump _version, conversions (.to, .double) go through _apply below.
         # (A list comprehension, not a generator: this runs on every inference call.)
-        key = [(p.data_ptr(), p._version) for p in params]
+        key = [(p.data_ptr(), p._version) for p in params if p is not None]
         key.append(torch.is_inference_mode_enabled())
         if self._map_cache is None or self._map_cache[0] != key:
             m = self._build_map()
