@@ -226,6 +226,8 @@ class BackfillTask(Base):
         CheckConstraint(_in("state", TASK_STATES), name="state"),
         UniqueConstraint("run_id", "item_id"),
         Index("ix_backfill_task_run_id_state_priority", "run_id", "state", "priority"),
+        # A wave's items and the next wave number (max) without scanning the run's ledger.
+        Index("ix_backfill_task_run_id_wave", "run_id", "wave"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("migration_run.id", ondelete="CASCADE"))

@@ -339,7 +339,7 @@ def _commit_wave(
             store.add(ids, x.numpy())
             # Only added rows: usually staged as a delta file, not a rewrite of the whole index.
             with staged_for(ctx, target, store, added=(ids, x.numpy())) as staged:
-                _move_authority(session, run_row, ids)
+                _move_authority(session, run_row, wave)
                 run_row.done_items += len(ids)
                 superseded = point_space_at(ctx, target, staged)
                 session.flush()
@@ -375,38 +375,40 @@ def _take_tasks(session: Session, run_id: int, ids: np.ndarray, wave: int) -> np
     return np.array(taken, dtype=np.int64)
 
 
-def _move_authority(session: Session, run_row: MigrationRun, ids: np.ndarray) -> None:
-    now = utcnow()
-    for chunk in chunked(ids.tolist(), SQL_CHUNK):
-        session.execute(
-            update(ItemEmbedding)
-            .where(
-                ItemEmbedding.space_id == run_row.source_space_id, ItemEmbedding.item_id.in_(chunk)
-            )
-            .values(authoritative=False),
-            execution_options=_BULK,
+def _move_authority(session: Session, run_row: MigrationRun, wave: int) -> None:
+    """The items of ``wave`` (their tasks just marked done) become the target's: two set-based
+    statements keyed by (run, wave) on the ledger's index, no id lists to bind."""
+    in_wave = (BackfillTask.run_id == run_row.id, BackfillTask.wave == wave)
+    session.execute(
+        update(ItemEmbedding)
+        .where(
+            ItemEmbedding.space_id == run_row.source_space_id,
+            ItemEmbedding.item_id.in_(select(BackfillTask.item_id).where(*in_wave)),
         )
-        rows = select(  # a replayed wave left no row behind: its transaction never committed
-            BackfillTask.item_id,
-            literal(run_row.target_space_id),
-            literal("native"),
-            literal(run_row.id),
-            true(),
-            literal(now, UTCDateTime()),
-        ).where(BackfillTask.run_id == run_row.id, BackfillTask.item_id.in_(chunk))
-        session.execute(
-            insert(ItemEmbedding).from_select(
-                [
-                    "item_id",
-                    "space_id",
-                    "produced_by",
-                    "migration_run_id",
-                    "authoritative",
-                    "created_at",
-                ],
-                rows,
-            )
+        .values(authoritative=False),
+        execution_options=_BULK,
+    )
+    rows = select(  # a replayed wave left no row behind: its transaction never committed
+        BackfillTask.item_id,
+        literal(run_row.target_space_id),
+        literal("native"),
+        literal(run_row.id),
+        true(),
+        literal(utcnow(), UTCDateTime()),
+    ).where(*in_wave)
+    session.execute(
+        insert(ItemEmbedding).from_select(
+            [
+                "item_id",
+                "space_id",
+                "produced_by",
+                "migration_run_id",
+                "authoritative",
+                "created_at",
+            ],
+            rows,
         )
+    )
 
 
 def _complete_if_done(ctx: Context, run_id: int, cache: _TargetCache) -> None:

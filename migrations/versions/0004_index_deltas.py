@@ -1,4 +1,5 @@
-"""Per-space delta files: migration waves appended to a snapshot instead of rewriting it.
+"""Per-space delta files (migration waves appended to a snapshot instead of rewriting it), and
+an index on the ledger's (run, wave).
 
 Revision ID: 0004
 Revises: 0003
@@ -8,7 +9,9 @@ Create Date: 2026-12-02
 the space's snapshot (index/deltas.py). As in 0003, only ADD COLUMN / DROP COLUMN: a table rebuild
 on SQLite would cascade into ``item_embedding``. Existing spaces get ``[]`` (no deltas). A
 downgrade drops the list, so it first needs every space folded into a single snapshot: a space
-with deltas is refused rather than silently losing vectors.
+with deltas is refused rather than silently losing vectors. The index on
+``backfill_task (run_id, wave)`` lets a wave's commit find its items and the next wave number
+without scanning the run's whole ledger (that scan made every wave O(N)).
 """
 
 from collections.abc import Sequence
@@ -27,6 +30,7 @@ def upgrade() -> None:
         "embedding_space",
         sa.Column("index_deltas", sa.Text(), server_default="[]", nullable=False),
     )
+    op.create_index("ix_backfill_task_run_id_wave", "backfill_task", ["run_id", "wave"])
 
 
 def downgrade() -> None:
@@ -39,4 +43,5 @@ def downgrade() -> None:
             f"{with_deltas} embedding spaces still have delta files: fold each into a single "
             "snapshot first (index.galleries.rebuild_space), then downgrade"
         )
+    op.drop_index("ix_backfill_task_run_id_wave", table_name="backfill_task")
     op.drop_column("embedding_space", "index_deltas")
