@@ -34,6 +34,9 @@ from kernels.projection import EPS, _as, _check_devices, _check_dtypes, _compute
 # 2.7-3.1x dense `project` against 2.0-2.5x with 1024 (docs/results/structured.md).
 CPU_CHUNK_ROWS = 256
 TRITON_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+# From this many rows the first product runs column-wise and the stride permutation becomes a
+# view (see _product): at d=1024, 0.8-0.85x the time at B=32, ~1x at B=8, 1.3-1.6x at B=2.
+COLUMN_ROWS = 16
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -210,12 +213,23 @@ def _product(x: Tensor, m: MonarchMap) -> Tensor:
     """Both products on (B, k*p) rows, bias included, left in the last bmm's layout.
 
     Returns (l, B, s) (output feature ss*l + ll at [ll, b, ss]), or (k, B, q) without w2.
-    Two (baddbmm) products and one layout copy between them (the stride permutation).
+    From COLUMN_ROWS rows on, the first product is taken per block as w1 (q, p) @ x^T (p, B):
+    its (k, q, B) result holds middle feature f = kk*q + qq = rr*l + ll of row b at f*B + b,
+    so the stride permutation is a strided view that bmm reads as is (no copy at all).
+    Below that (where the narrow (q, p) @ (p, B) products cost more than the copy they save),
+    x's blocks are read in place and the permutation is one copy.
     """
-    xt = _blocks(x, m.dims[0], m.dims[1])  # (k, B, p)
-    if m.w2t is None:
-        return _bmm(m.bias_t, xt, m.w1t)  # (k, B, p) @ (k, p, q) [+ (k, 1, q)] -> (k, B, q)
-    h = _middle(torch.bmm(xt, m.w1t), m)  # (k, B, q) -> (l, B, r)
+    k, p, q, l, r, _ = m.dims  # noqa: E741
+    batch = x.shape[0]
+    if m.w2t is None:  # (k, B, p) @ (k, p, q) [+ (k, 1, q)] -> (k, B, q)
+        return _bmm(m.bias_t, _blocks(x, k, p), m.w1t)
+    if batch < COLUMN_ROWS:
+        h = _middle(torch.bmm(_blocks(x, k, p), m.w1t), m)  # (k, B, q) -> (l, B, r)
+    else:
+        s0, s1 = x.stride()
+        xc = x.as_strided((k, p, batch), (p * s1, s1, s0))  # block kk of every row: (p, B)
+        hc = torch.bmm(m.w1t.transpose(1, 2), xc)  # (k, q, p) @ (k, p, B) -> (k, q, B)
+        h = hc.as_strided((l, batch, r), (batch, 1, l * batch))  # [ll, b, rr]: f = rr*l + ll
     return _bmm(m.bias_t, h, m.w2t)  # (l, B, r) @ (l, r, s) [+ (l, 1, s)] -> (l, B, s)
 
 

@@ -11,6 +11,7 @@ import torch
 
 from kernels.errors import InvalidInputError
 from kernels.monarch import (
+    COLUMN_ROWS,
     CPU_CHUNK_ROWS,
     apply_monarch,
     prepare_monarch,
@@ -93,7 +94,8 @@ def test_ref_equals_dense_form(shape: tuple[Any, ...], normalize: bool) -> None:
 
 
 @pytest.mark.parametrize("shape", TORCH_SHAPES)
-@pytest.mark.parametrize("n", [1, 2, 5, 2 * CPU_CHUNK_ROWS + 3])  # one row, small, chunked
+# one row, small (row-wise first product), column-wise first product, chunked
+@pytest.mark.parametrize("n", [1, 2, 5, COLUMN_ROWS + 1, 2 * CPU_CHUNK_ROWS + 3])
 @pytest.mark.parametrize(("bias", "normalize"), [(False, False), (True, True), (True, False)])
 def test_torch_path_equals_dense_form(
     monkeypatch: pytest.MonkeyPatch, shape: tuple[Any, ...], n: int, bias: bool, normalize: bool
@@ -129,7 +131,7 @@ def test_torch_path_gradients_match_ref(normalize: bool) -> None:
 
 
 @pytest.mark.parametrize("shape", TORCH_SHAPES)
-@pytest.mark.parametrize("n", [1, 3])  # the one-row path and the small-batch path
+@pytest.mark.parametrize("n", [1, 3, COLUMN_ROWS])  # one row, row-wise, column-wise
 def test_torch_path_values_and_gradients_match_dense_form(shape: tuple[Any, ...], n: int) -> None:
     """With autograd on (training): values and the gradients of x, w1, w2 and the bias."""
     x, w1, w2, b = _data(shape, n, F64, seed=n)
@@ -158,7 +160,7 @@ def _dense_form_autograd(w1: torch.Tensor, w2: torch.Tensor | None) -> torch.Ten
     return stride_permutation(l, s) @ torch.block_diag(*w2) @ stride_permutation(r, l) @ right
 
 
-@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("n", [1, 4, COLUMN_ROWS])
 @pytest.mark.parametrize("shape", [TORCH_SHAPES[0], TORCH_SHAPES[-1]])
 def test_torch_path_reads_strided_rows(shape: tuple[Any, ...], n: int) -> None:
     """Full-width rows (no padding copy) with a column stride and a storage offset: the torch
