@@ -1,6 +1,6 @@
 """Ray engine against local engine: migration throughput side by side, and whether both cores work.
 
-    .venv/bin/python -m bench.ray_migration [--items 2000] [--wave 250] [--rounds 2]
+    .venv/bin/python -m bench.ray_migration [--items 2000] [--wave 250] [--batch WAVE] [--rounds 2]
 
 (``-m``: run as a script, bench/kernels.py would shadow the kernels package.)
 
@@ -12,11 +12,14 @@ the encoder dominates, as in a real upgrade. Each round runs, on the same plan (
 - local: ``migrate.run`` with the encoder in this process (torch threads = cores, prefetch);
 - ray N: ``migrate.run`` with ``RayEngine`` and N actors of 1 CPU (torch 1 thread each) on a
   local Ray cluster started once with ``num_cpus`` = cores; each run starts its own actor pool.
+  Actors encode ``--batch`` items per call (default: the wave size, the local engine's call size).
 
 Rolled back between runs (untimed). Reported: items/s over the whole run (actor start-up and model
 loading included: what a user waits) and over the encoding window (from the first encode call on);
-CPU seconds per wall second of that window (the driver's process CPU time + the actors' encode
-calls) to show whether both cores work. Ratios are medians of per-round ratios against local.
+over that window, the CPU time of this process and all its descendants (Ray's GCS, raylet and
+workers: the cluster was started here), sampled every 0.2 s, as cores busy (CPU s per wall s:
+does Ray use both cores?) and CPU s per 1,000 items (what a migration costs, whatever the load).
+Ratios are medians of per-round ratios against local.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -51,7 +56,7 @@ class MiniLMTexts:
     """Encoder factory (pickled by value: this is ``__main__``): item id i -> texts[i - 1].
 
     Each call appends a line to ``cpu_log``: pid, wall clock at its start, the process's CPU
-    seconds during it; the bench reads when encoding began and how much CPU the actors used."""
+    seconds during it; the bench reads when encoding began and which processes encoded."""
 
     texts: tuple[str, ...]
     threads: int
@@ -84,25 +89,67 @@ def build(root: Path, n: int) -> Context:
     return ctx
 
 
+class TreeCPU:
+    """CPU seconds of this process and its descendants, sampled every ``every`` s in a thread:
+    ``at(t)`` interpolates the total at wall time ``t``. A process that ended keeps its last
+    sample (an actor pool is torn down at the end of a run: up to ``every`` s of it is lost)."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.seen, self.samples = every, dict[int, float](), list[tuple[float, float]]()
+        self.tick, self.stop = os.sysconf("SC_CLK_TCK"), threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> TreeCPU:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            stats = {}
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:  # fields after "(comm)": state, ppid, ..., utime (12th), stime (13th)
+                    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(pid)] = (int(f[1]), (int(f[11]) + int(f[12])) / self.tick)
+            tree, grew = {os.getpid()}, True
+            while grew:
+                more = {p for p, (parent, _) in stats.items() if parent in tree} - tree
+                tree, grew = tree | more, bool(more)
+            self.seen.update({p: stats[p][1] for p in tree if p in stats})
+            self.samples.append((time.time(), sum(self.seen.values())))
+            self.stop.wait(self.every)
+
+    def at(self, t: float) -> float:
+        times, totals = zip(*self.samples, strict=True)
+        return float(np.interp(t, times, totals))
+
+
 def timed_run(ctx: Context, engine: Any, wave: int, log: Path) -> dict[str, float]:
     """One full migration: wall seconds, seconds from the first encode call (after actor start-up
-    and model loading), CPU seconds (driver + actors' encode calls), encoder processes."""
+    and model loading), CPU seconds of the process tree over that window, encoder processes."""
     run_id = migrate.plan(ctx, "v1", "v2", ordering="random", seed=1)
     log.write_text("")
-    cpu, start = time.process_time(), time.time()
-    report = migrate.run(ctx, run_id, engine, wave_size=wave)
-    end, driver_cpu = time.time(), time.process_time() - cpu
+    with TreeCPU() as cpu:
+        start = time.time()
+        report = migrate.run(ctx, run_id, engine, wave_size=wave)
+        end = time.time()
+        time.sleep(2 * cpu.every)  # a sample after the end
     migrate.rollback(ctx, run_id)
     calls = [
         (int(p), float(t), float(c)) for p, t, c in map(str.split, log.read_text().splitlines())
     ]
-    remote = [(p, t, c) for p, t, c in calls if p != os.getpid()]
+    first = min(t for _, t, _ in calls)
     return {
         "items": report.done,
         "wall": end - start,
-        "encoding": end - min(t for _, t, _ in calls),
-        "cpu": driver_cpu + sum(c for _, _, c in remote),
-        "actors": len({p for p, _, _ in remote}),
+        "encoding": end - first,
+        "cpu": cpu.at(end) - cpu.at(first),
+        "actors": len({p for p, _, _ in calls if p != os.getpid()}),
     }
 
 
@@ -110,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--wave", type=int, default=250)
+    parser.add_argument("--batch", type=int, default=None, help="items per actor call")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("docs/results/scale.md"))
     args = parser.parse_args(argv)
@@ -119,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(cores)
     load_at_start = Path("/proc/loadavg").read_text().split()[:3]
     texts = tuple(s.definition for s in load_wordnet()[: args.items])
+    batch = args.batch or args.wave
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             **{
                 f"ray {w}": RayEngine(
                     MiniLMTexts(texts, 1, str(log)),
-                    RayEngineConfig(workers=w, batch_size=64, page_size=128),
+                    RayEngineConfig(workers=w, batch_size=batch, page_size=batch),
                 )
                 for w in (1, 2)
             },
@@ -157,13 +206,18 @@ def render(
         def median_ratio(key: str) -> float:  # items/s over ``key`` seconds, against local
             return statistics.median(lo[key] / r[key] for r, lo in zip(runs, local, strict=True))
 
+        def median(of: Callable[[dict[str, float]], float]) -> float:
+            return statistics.median(of(r) for r in runs)
+
         steady = median_ratio("encoding")
         verdict = "-" if name == "local" else "met" if steady >= TARGET else "missed"
         return (
-            f"| {name} | {statistics.median(r['items'] / r['wall'] for r in runs):,.0f} "
-            f"| {statistics.median(r['items'] / r['encoding'] for r in runs):,.0f} "
+            f"| {name} | {median(lambda r: r['items'] / r['wall']):,.0f} "
+            f"| {median(lambda r: r['items'] / r['encoding']):,.0f} "
             f"| {100 * median_ratio('wall'):.0f}% | {100 * steady:.0f}% ({verdict}) "
-            f"| {statistics.median(r['cpu'] / r['encoding'] for r in runs):.2f} "
+            f"| {median(lambda r: r['wall'] - r['encoding']):.1f} "
+            f"| {median(lambda r: r['cpu'] / r['encoding']):.2f} "
+            f"| {median(lambda r: 1000 * r['cpu'] / r['items']):.1f} "
             f"| {int(max(r['actors'] for r in runs))} |"
         )
 
@@ -172,7 +226,7 @@ def render(
             "# Migration on Ray: Ray engine against the local engine",
             "",
             f"Command: `.venv/bin/python -m bench.ray_migration --items {args.items} "
-            f"--wave {args.wave} --rounds {args.rounds}`  ",
+            f"--wave {args.wave} --batch {args.batch or args.wave} --rounds {args.rounds}`  ",
             f"Machine: {cores} CPU cores, no GPU, shared with other jobs (load average at start "
             f"{' '.join(load)}); Ray {__import__('ray').__version__}, local cluster "
             f"num_cpus={cores}.  ",
@@ -185,8 +239,9 @@ def render(
             "model before the clock starts; *whole run* charges Ray for it).",
             "",
             "| engine | items/s, whole run | items/s, encoding | vs local, whole "
-            "| vs local, encoding | CPU s per wall s, encoding | Ray encoder processes |",
-            "|---|---|---|---|---|---|---|",
+            "| vs local, encoding | start-up s | cores busy, encoding "
+            "| CPU s per 1,000 items, encoding | Ray encoder processes |",
+            "|---|---|---|---|---|---|---|---|---|",
             *(row(name) for name in results),
             "",
         ]

@@ -42,18 +42,23 @@ from models.vector_files import load_ids, load_vectors
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RayEngineConfig:
     """How the actor pool runs; ``address`` None joins the cluster of ``RAY_ADDRESS`` or starts a
-    local one (``ray.init()``)."""
+    local one (``ray.init()``, without the dashboard)."""
 
-    workers: int = 2  # encoder actors, each holding one CPU (and its GPU share)
-    batch_size: int = 256  # items per encoder call inside an actor
+    workers: int = 2  # encoder actors, each holding ``cpus_per_worker`` CPUs (and its GPU share)
+    # Items per encoder call inside an actor. Large on purpose: a text encoder sorts a call's
+    # items by length before padding, so calls of 64 items cost about twice the CPU of calls of
+    # 1,000 (all-MiniLM-L6-v2, docs/results/scale.md). It is independent of the wave size.
+    batch_size: int = 1024
     # Ledger rows per read task. A page is one block, and Ray Data hands an actor whole blocks:
-    # pages are the unit of parallelism, so keep several per actor in flight.
+    # pages are the unit of load balance, so keep several per actor (page_size = batch_size:
+    # one block per encoder call, no re-bundling).
     page_size: int = 1024
+    cpus_per_worker: int = 1  # torch threads per actor follow it (Ray sets OMP_NUM_THREADS)
     gpus_per_worker: float | None = None  # None: one GPU each when the cluster has enough, else 0
     address: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("workers", "batch_size", "page_size"):
+        for name in ("workers", "batch_size", "page_size", "cpus_per_worker"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
@@ -72,13 +77,15 @@ class RayEngine:
         if limit is not None and limit < 1:
             return
         batches = iter(
-            self._dataset(ctx, run_id).iter_batches(
+            self._dataset(ctx, run_id, None if limit is None else limit * size).iter_batches(
                 batch_size=size, batch_format="numpy", prefetch_batches=1
             )
         )
         try:
             for done, batch in enumerate(batches, start=1):
-                yield batch["item_id"].astype(np.int64), torch.from_numpy(batch["vector"])
+                # Arrow hands out read-only views; the commit path gets its own writable copy.
+                vectors = np.require(batch["vector"], np.float32, "W")  # (n, d)
+                yield batch["item_id"].astype(np.int64), torch.from_numpy(vectors)
                 if limit is not None and done >= limit:
                     return
         except Exception as e:
@@ -92,33 +99,45 @@ class RayEngine:
             if close is not None:  # stops the streaming executor and its actors now
                 close()
 
-    def _dataset(self, ctx: Context, run_id: int) -> Any:
+    def _dataset(self, ctx: Context, run_id: int, items: int | None) -> Any:
+        """The pipeline over the pending ledger, or its first ``items`` (rounded up to pages)."""
         ray = self.ray
-        if not ray.is_initialized():
-            ray.init(address=self.config.address)
+        if not ray.is_initialized():  # a new one-machine cluster goes without the dashboard,
+            # whose processes take CPU from the encoders (ignored when joining a cluster)
+            ray.init(address=self.config.address, include_dashboard=False)
         with read_only(ctx) as session:
             bounds = page_bounds(session, run_id, self.config.page_size)
         url = ctx.engine.url.render_as_string(hide_password=False)
+        count = len(bounds) + 1  # the last page: everything after the last bound
+        if items is not None:  # a --limit run encodes no page it will not commit
+            count = min(count, -(-items // self.config.page_size))
         # One in-memory block per page: a read operator would want a CPU the encoders hold.
-        pages = ray.data.from_numpy([np.array([p]) for p in range(len(bounds) + 1)])
+        pages = ray.data.from_numpy([np.array([p]) for p in range(count)])
         ids = pages.map_batches(
             read_pages,
             batch_size=1,
             fn_kwargs={"url": url, "run_id": run_id, "bounds": bounds},
             num_cpus=0,  # SQL reads: the CPUs belong to the encoders
         )
+        # One call in flight per actor: a batch is seconds of encoder work and its input is a
+        # few KB of ids, so queueing a second one gains no overlap, while it lets the first actor
+        # up take pages a slower-starting one should get (a whole run on one actor, seen here).
+        # No more actors than pages: an actor with nothing to do still costs its start-up.
+        workers = min(self.config.workers, count)
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
         embedded = ids.map_batches(
             Embedder,
             fn_constructor_args=(self.encoder,),
             batch_size=self.config.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.config.workers),
-            num_cpus=1,
+            compute=pool,
+            num_cpus=self.config.cpus_per_worker,
             num_gpus=self._gpus(),
         )
-        embedded.context.execution_options.preserve_order = True  # waves in priority order
-        embedded.context.enable_progress_bars = False
-        embedded.context.raise_original_map_exception = True  # our typed errors, not a wrapper
+        options = embedded.context
+        options.execution_options.preserve_order = True  # waves in priority order
+        options.enable_progress_bars = options.print_on_execution_start = False
+        options.raise_original_map_exception = True  # our typed errors, not a wrapper
         return embedded
 
     def _gpus(self) -> float:
