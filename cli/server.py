@@ -4,6 +4,11 @@ POST /query (vectors embedded by a version or alias, or texts for a version regi
 pretrained text encoder; k, merge policy), GET /status, GET /healthz,
 OpenAPI docs at /docs. Binds to 127.0.0.1 unless told otherwise; optional bearer token; request
 bodies over a size limit are refused before they are read; domain errors become 4xx with a message.
+
+/query takes JSON, or an ``application/octet-stream`` body of little-endian float32 rows with
+``version``, ``dim``, ``k`` and ``policy`` in the query string (no float parsing at all). Query
+vectors must be finite numbers: strings, booleans, NaN and infinities are refused with 422.
+Per-request overhead is measured by bench/http_load.py (docs/results/http.md).
 """
 
 from __future__ import annotations
@@ -32,9 +37,6 @@ from kernels.errors import HotswapError  # noqa: E402
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # 8 MiB: about 2,700 queries of 768 floats as JSON
 MAX_QUERIES = 4096
-# Queries of up to this many floats are searched on the event loop: a thread-pool hop costs more
-# than such a search. Larger batches and texts (a transformer forward) go to the thread pool.
-INLINE_MAX_FLOATS = 16 * 1024
 STATUS_BY_EXIT_CODE = {2: 422, 3: 404, 4: 409, 5: 503}
 BINARY, JSON = "application/octet-stream", "application/json"
 
@@ -199,7 +201,6 @@ def create_app(
     *,
     token: str | None = None,
     max_body: int = MAX_BODY_BYTES,
-    inline_max_floats: int = INLINE_MAX_FLOATS,
 ) -> FastAPI:
     pool = SearcherPool(ctx)
     encoders = TextEncoders(ctx)
@@ -248,10 +249,19 @@ def create_app(
         ]
         return pydantic_core.to_json({"results": hits})
 
-    def search_texts(body: QueryRequest) -> bytes:
-        assert body.texts is not None  # parse_json checked it
-        vectors = encoders.encode(pool.resolve(body.version), body.texts)
-        return search(body.version, vectors, body.k, body.policy)
+    def answer(kind: str, raw: bytes, query: dict[str, str]) -> bytes:
+        """Parse, embed texts if given, search, render: the CPU work of POST /query."""
+        if kind == BINARY:
+            params, vectors = parse_binary(raw, query)
+            return search(params.version, torch.from_numpy(vectors), params.k, params.policy)
+        if kind != JSON:
+            raise HTTPException(415, f"content-type {kind!r}: send {JSON} or {BINARY}")
+        body, found = parse_json(raw)
+        if found is not None:
+            return search(body.version, torch.from_numpy(found), body.k, body.policy)
+        assert body.texts is not None  # parse_json checked: exactly one of the two
+        queries = encoders.encode(pool.resolve(body.version), body.texts)
+        return search(body.version, queries, body.k, body.policy)
 
     @api.post(
         "/query",
@@ -260,25 +270,13 @@ def create_app(
         openapi_extra=query_openapi(),
     )
     async def query(request: Request) -> Response:
-        # async, reading the raw body: no thread-pool hop for small queries, one parse of the
-        # bytes (pydantic-core's JSON parser, or none for float32 rows).
+        # async, to read the raw body (no stdlib JSON pass, no pydantic pass over Python
+        # lists); all the CPU work then goes to the thread pool in one hop: searching on the
+        # event loop measured slower under load and blocks concurrent clients
+        # (docs/results/http.md).
         kind = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
         raw = await request.body()
-        params: BinaryQuery | QueryRequest
-        if kind == BINARY:
-            params, vectors = parse_binary(raw, dict(request.query_params))
-        elif kind == "application/json":
-            body, found = parse_json(raw)
-            if found is None:  # texts: a transformer forward, never on the event loop
-                return Response(await run_in_threadpool(search_texts, body), media_type=JSON)
-            params, vectors = body, found
-        else:
-            raise HTTPException(415, f"content-type {kind!r}: send application/json or {BINARY}")
-        call = (params.version, torch.from_numpy(vectors), params.k, params.policy)
-        if vectors.size <= inline_max_floats:
-            payload = search(*call)
-        else:
-            payload = await run_in_threadpool(search, *call)
+        payload = await run_in_threadpool(answer, kind, raw, dict(request.query_params))
         return Response(payload, media_type=JSON)
 
     return api
