@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from compat.backfill_curves import Relevance, cosine, evaluate  # noqa: E402
 from compat.fitting import FitOptions, fit_adapter  # noqa: E402
+from compat.query_fusion import choose_alpha  # noqa: E402
 from compat.verdict import BridgeReport, bridge_or_backfill, rerank_metrics  # noqa: E402
 from index.plots import plot_report  # noqa: E402
 from kernels.errors import MissingExtraError  # noqa: E402
@@ -136,9 +137,11 @@ def embed(args: argparse.Namespace, texts: dict[str, list[str]]) -> dict[str, An
 class Variant:
     """One bridge recipe: a registered adapter, its config, its training, and which pairs it sees.
 
-    pairs "same": each anchor text embedded by both models (new(t) -> old(t)), no labels at all;
-    "task": those plus each anchor synset's lemma string mapped onto its definition
-    (new(lemmas) -> old(definition)), the task's own structure, taken from synsets outside the test.
+    pairs "same": each anchor text (lemma string and definition) embedded by both models
+    (new(t) -> old(t)), no labels at all; "defs": the definitions only (one side of the task);
+    "task": the "same" pairs plus each anchor synset's lemma string mapped onto its definition
+    (new(lemmas) -> old(definition)), the task's own structure from synsets outside the test;
+    "task-only": those lemma -> definition pairs alone.
     """
 
     key: str
@@ -150,15 +153,34 @@ class Variant:
 MLP = {"hidden": 768, "skip": "linear"}
 TRAIN = FitOptions(epochs=8, batch_size=256, lr=1e-3)
 NCE = dataclasses.replace(TRAIN, contrastive=0.05)
+# contrastive_affine's loss is its own InfoNCE. Temperature 0.1 and 20 epochs were chosen on seed
+# 0's held-out anchor synsets among 0.02-0.2 and 20-40 epochs (docs/results/text_upgrade.md).
+INFONCE = FitOptions(epochs=20, batch_size=256, lr=1e-3)
+CONTRASTIVE = {"temperature": 0.1}
 VARIANTS = {
     "procrustes": Variant("procrustes", "same", {}, FitOptions()),
     "affine": Variant("affine", "same", {}, FitOptions()),
     "residual_mlp": Variant("residual_mlp", "same", MLP, TRAIN),
-    "residual_mlp+nce": Variant("residual_mlp", "same", MLP, NCE),
+    "residual_mlp+infonce": Variant(
+        "residual_mlp", "same", MLP, dataclasses.replace(TRAIN, contrastive=1.0, temperature=0.1)
+    ),
+    "contrastive_affine": Variant("contrastive_affine", "same", CONTRASTIVE, INFONCE),
+    "contrastive_affine+orth": Variant(
+        "contrastive_affine", "same", {**CONTRASTIVE, "orthogonality": 0.1}, INFONCE
+    ),
+    "procrustes defs only": Variant("procrustes", "defs", {}, FitOptions()),
+    "contrastive_affine defs only": Variant("contrastive_affine", "defs", CONTRASTIVE, INFONCE),
+    # (d) task-paired query adapters: a separate experiment, each with its old -> old control.
     "linear+nce task": Variant("lambda_orthogonal", "task", {"lam": 1e3}, NCE),  # free affine
+    "contrastive_affine task": Variant("contrastive_affine", "task", CONTRASTIVE, INFONCE),
+    "contrastive_affine task only": Variant(
+        "contrastive_affine", "task-only", CONTRASTIVE, INFONCE
+    ),
     "residual_mlp+nce task": Variant("residual_mlp", "task", MLP, NCE),
 }
-SPEED = "residual_mlp+nce task"  # the recipe timed on 20,000 pairs
+TASK = ("linear+nce task", "contrastive_affine task", "contrastive_affine task only")
+LABEL_FREE = tuple(name for name in VARIANTS if VARIANTS[name].pairs in ("same", "defs"))
+SPEED = ("residual_mlp+nce task", "contrastive_affine")  # the recipes timed on 20,000 pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,11 +205,12 @@ def sample_anchors(vec: dict[str, Any], fraction: float, seed: int) -> Anchors:
 def pairs_for(anchors: Anchors, kind: str, src: str = "new") -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) training pairs: ``src`` model's rows -> old rows, as the variant's ``pairs`` says."""
     t = anchors.train
-    x = [t[f"{src}_lem"], t[f"{src}_def"]]
-    y = [t["old_lem"], t["old_def"]]
-    if kind == "task":
-        x, y = x + [t[f"{src}_lem"]], y + [t["old_def"]]
-    return torch.cat(x), torch.cat(y)
+    lem, defs = (t[f"{src}_lem"], t["old_lem"]), (t[f"{src}_def"], t["old_def"])
+    task = (t[f"{src}_lem"], t["old_def"])
+    chosen = {"same": [lem, defs], "defs": [defs], "task": [lem, defs, task], "task-only": [task]}
+    if kind not in chosen:
+        raise ValueError(f"unknown pairs kind {kind!r}, expected one of {sorted(chosen)}")
+    return torch.cat([x for x, _ in chosen[kind]]), torch.cat([y for _, y in chosen[kind]])
 
 
 def held_out_recall(bridge: Any, anchors: Anchors, src: str = "new") -> float:
@@ -223,13 +246,18 @@ def fit_variants(
 
 
 def fit_speed(vec: dict[str, Any], n: int = 20_000) -> dict[str, float]:
-    """Seconds to fit the SPEED recipe on ``n`` real 768 -> 384 anchor pairs (resampled if fewer)."""
+    """Seconds to fit each SPEED recipe on ``n`` real 768 -> 384 anchor pairs (resampled if fewer)."""
     x, y = vec["new"]["anchors"], vec["old"]["anchors"]  # anchors only: the test stays unseen
     rows = torch.randint(len(x), (n,), generator=torch.Generator().manual_seed(7))
-    v = VARIANTS[SPEED]
-    began = time.perf_counter()
-    fit_adapter(v.key, x[rows], y[rows], direction="backward", config=v.config, options=v.options)
-    return {SPEED: time.perf_counter() - began}
+    out = {}
+    for name in SPEED:
+        v = VARIANTS[name]
+        began = time.perf_counter()
+        fit_adapter(
+            v.key, x[rows], y[rows], direction="backward", config=v.config, options=v.options
+        )
+        out[name] = time.perf_counter() - began
+    return out
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -241,14 +269,40 @@ def test_cells(vec: dict[str, Any], bridge: Any, src: str = "new") -> dict[str, 
     return evaluate(scores, Relevance.pairs(len(scores)))
 
 
-def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Fit every variant on this seed's anchors, select by held-out retrieval, judge on the test."""
-    anchors = sample_anchors(vec, args.fraction, seed)
-    fitted = fit_variants(anchors, seed)
-    best = max(
-        fitted, key=lambda name: (round(fitted[name]["held_out"], 6), -list(VARIANTS).index(name))
+def fusion_cells(vec: dict[str, Any], anchors: Anchors, bridge: Any, src: str = "new") -> dict:
+    """(c) query fusion: α chosen on the held-out anchor synsets, then measured on the test.
+
+    The fused query is normalize(α old(q) + (1 − α) B(src(q))); both encoders run per query.
+    """
+    h = anchors.held
+    fusion = choose_alpha(
+        h["old_lem"], h[f"{src}_lem"], h["old_def"], Relevance.pairs(len(h["old_def"])), bridge
     )
-    control = fit_variants(anchors, seed, src="old", names=(best,))[best]  # same recipe, old -> old
+    q = fusion(vec["old"]["test_queries"], vec[src]["test_queries"])
+    cells = evaluate(cosine(q, vec["old"]["test_docs"]), Relevance.pairs(len(q)))
+    return {**cells, "alpha": fusion.alpha, "held_out": fusion.scores[fusion.alpha]}
+
+
+def gain_fraction(value: float, report: BridgeReport) -> float:
+    """(value − old/old) / (new/new − old/old) on R@10: the share of the upgrade's gain."""
+    old, new = report.old_old["recall@10"], report.new_new["recall@10"]
+    return (value - old) / (new - old)
+
+
+def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Fit every variant on this seed's anchors, select by held-out retrieval, judge on the test.
+
+    The headline bridge is selected among the label-free recipes only; the task-paired ones (d)
+    are a separate experiment, each also fitted old -> old (its control: no new model at all).
+    """
+    anchors = sample_anchors(vec, args.fraction, seed)
+    fitted = fit_variants(anchors, seed, names=LABEL_FREE + TASK)
+    controls = fit_variants(anchors, seed, src="old", names=TASK)
+    best = max(
+        LABEL_FREE,
+        key=lambda name: (round(fitted[name]["held_out"], 6), -list(VARIANTS).index(name)),
+    )
+    best_task = max(TASK, key=lambda name: round(fitted[name]["held_out"], 6))
     x, y = pairs_for(anchors, "same")
     sigma = fit_adapter(
         "forward_mlp", y, x, direction="forward", config={"uncertainty": True, "hidden": 1024},
@@ -266,22 +320,22 @@ def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[s
         fitted[best]["adapter"].transform(test["new"]["test_queries"]), test["old"]["test_docs"]
     )
     new_scores = cosine(test["new"]["test_queries"], test["new"]["test_docs"])
+    rows = lambda group, src: {  # noqa: E731
+        name: {**test_cells(vec, f["adapter"].bridge(), src), "held_out": f["held_out"],
+               "seconds": f["seconds"], "pairs": f["pairs"]}
+        for name, f in group.items()
+    }  # fmt: skip
     return {
         "anchors": len(anchors.train["old_lem"]),
         "held": len(anchors.held["old_lem"]),
-        "variants": {
-            name: {
-                **test_cells(vec, f["adapter"].bridge()),
-                "held_out": f["held_out"],
-                "seconds": f["seconds"],
-                "pairs": f["pairs"],
-            }
-            for name, f in fitted.items()
-        },  # fmt: skip
+        "variants": rows(fitted, "new"),
         "selected": best,
-        "control": {
-            **test_cells(vec, control["adapter"].bridge(), "old"),
-            "held_out": control["held_out"],
+        "controls": rows(controls, "old"),
+        "fusion": fusion_cells(vec, anchors, fitted[best]["adapter"].bridge()),
+        "task_fusion": {
+            "recipe": best_task,
+            "new": fusion_cells(vec, anchors, fitted[best_task]["adapter"].bridge()),
+            "old": fusion_cells(vec, anchors, controls[best_task]["adapter"].bridge(), "old"),
         },
         "report": report,
         "rerank": {
@@ -328,6 +382,7 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
     reports: list[BridgeReport] = [s["report"] for s in seeds]
     r0 = reports[0]
     cell = lambda f: stat([f(r) for r in reports])  # noqa: E731
+    alphas = [s["fusion"]["alpha"] for s in seeds]
     lines = [
         "# Bridge or backfill? MiniLM-L6 → MPNet on WordNet (issue 7)",
         "",
@@ -344,50 +399,122 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         "",
         "## Cells (R@10 / MRR@10, mean ± std over seeds)",
         "",
-        "| cell | R@10 | MRR@10 | retention R@10 | gain R@10 |",
-        "|---|---|---|---|---|",
-        f"| old/old (status quo) | {cell(lambda r: r.old_old['recall@10'])} | {cell(lambda r: r.old_old['mrr@10'])} | | |",
-        f"| bridged, selected by held-out retrieval | {cell(lambda r: r.bridged['recall@10'])} | "
-        f"{cell(lambda r: r.bridged['mrr@10'])} | {cell(lambda r: r.retention['recall@10'])} | "
-        f"{cell(lambda r: r.gain['recall@10'])} |",
-        f"| bridge + rerank top-{args.rerank_depth} | {cell(lambda r: r.rerank.metrics['recall@10'])} | "
-        f"{cell(lambda r: r.rerank.metrics['mrr@10'])} | {cell(lambda r: r.rerank.retention['recall@10'])} | "
-        f"{cell(lambda r: r.rerank.gain['recall@10'])} |",
-        f"| new/new (full re-index) | {cell(lambda r: r.new_new['recall@10'])} | {cell(lambda r: r.new_new['mrr@10'])} | 1 | |",
+        "Gain fraction = (cell − old/old) / (new/new − old/old) on R@10, per seed.",
         "",
-        f"Selected per seed: {', '.join(s['selected'] for s in seeds)}. Share of the upgrade's gain "
-        "the bridge recovers, (bridged − old/old) / (new/new − old/old): "
-        f"{stat([(r.bridged['recall@10'] - r.old_old['recall@10']) / (r.new_new['recall@10'] - r.old_old['recall@10']) for r in reports])}.",
+        "| cell | R@10 | MRR@10 | retention R@10 | gain R@10 | gain fraction |",
+        "|---|---|---|---|---|---|",
+        f"| old/old (status quo) | {cell(lambda r: r.old_old['recall@10'])} | {cell(lambda r: r.old_old['mrr@10'])} | | | 0 |",
+        f"| bridged (new queries → old gallery), selected by held-out retrieval among the label-free recipes | "
+        f"{cell(lambda r: r.bridged['recall@10'])} | {cell(lambda r: r.bridged['mrr@10'])} | "
+        f"{cell(lambda r: r.retention['recall@10'])} | {cell(lambda r: r.gain['recall@10'])} | "
+        f"{cell(lambda r: gain_fraction(r.bridged['recall@10'], r))} |",
+        _fusion_row("query fusion of old(q) and the selected bridge B(new(q)) — both encoders at query time",
+                    [s["fusion"] for s in seeds], reports),
+        f"| bridge + rerank top-{args.rerank_depth} (new-model vectors of the candidates) | "
+        f"{cell(lambda r: r.rerank.metrics['recall@10'])} | "
+        f"{cell(lambda r: r.rerank.metrics['mrr@10'])} | {cell(lambda r: r.rerank.retention['recall@10'])} | "
+        f"{cell(lambda r: r.rerank.gain['recall@10'])} | {cell(lambda r: gain_fraction(r.rerank.metrics['recall@10'], r))} |",
+        f"| new/new (full re-index) | {cell(lambda r: r.new_new['recall@10'])} | {cell(lambda r: r.new_new['mrr@10'])} | 1 | | 1 |",
+        "",
+        f"Selected per seed: {', '.join(s['selected'] for s in seeds)}. Query fusion α per seed "
+        f"(chosen on the held-out anchor synsets; 1 = old model alone): "
+        f"{', '.join(f'{a:.1f}' for a in alphas)}.",
         "",
     ]  # fmt: skip
-    return "\n".join(lines + _adapters(seeds) + _curves(reports) + _cost(args, out)) + "\n"
+    return "\n".join(lines + _adapters(seeds, reports) + _task(seeds, reports) + _curves(reports)
+                     + _cost(args, out)) + "\n"  # fmt: skip
 
 
-def _adapters(seeds: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "## Every bridge recipe (test R@10 / MRR@10 and held-out anchor R@10, mean ± std over seeds)",
-        "",
-        "| recipe | pairs | test R@10 | test MRR@10 | held-out R@10 | fit s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name in seeds[0]["variants"]:
-        rows = [s["variants"][name] for s in seeds]
+def _fusion_row(label: str, cells: list[dict[str, Any]], reports: list[BridgeReport]) -> str:
+    new_new = [r.new_new["recall@10"] for r in reports]
+    return (
+        f"| {label} | {stat([c['recall@10'] for c in cells])} | {stat([c['mrr@10'] for c in cells])} | "
+        f"{stat([c['recall@10'] / n for c, n in zip(cells, new_new, strict=True)])} | "
+        f"{stat([c['recall@10'] - r.old_old['recall@10'] for c, r in zip(cells, reports, strict=True)])} | "
+        f"{stat([gain_fraction(c['recall@10'], r) for c, r in zip(cells, reports, strict=True)])} |"
+    )  # fmt: skip
+
+
+def _recipe_rows(seeds: list[dict[str, Any]], reports: list[BridgeReport], group: str,
+                 names: Sequence[str]) -> list[str]:  # fmt: skip
+    lines = []
+    for name in names:
+        rows = [s[group][name] for s in seeds]
+        fractions = [
+            gain_fraction(r["recall@10"], rep) for r, rep in zip(rows, reports, strict=True)
+        ]
         lines.append(
             f"| `{name}` | {rows[0]['pairs']} | {stat([r['recall@10'] for r in rows])} | "
-            f"{stat([r['mrr@10'] for r in rows])} | {stat([r['held_out'] for r in rows])} | "
-            f"{stat([r['seconds'] for r in rows])} |"
+            f"{stat([r['mrr@10'] for r in rows])} | {stat(fractions)} | "
+            f"{stat([r['held_out'] for r in rows])} | {stat([r['seconds'] for r in rows])} |"
         )
-    control = [s["control"] for s in seeds]
-    lines += [
-        f"| control: the selected recipe fitted old → old (an adapted status quo, no new model) | | "
-        f"{stat([c['recall@10'] for c in control])} | {stat([c['mrr@10'] for c in control])} | "
-        f"{stat([c['held_out'] for c in control])} | |",
+    return lines
+
+
+HEADER = [
+    "| recipe | pairs | test R@10 | test MRR@10 | gain fraction | held-out R@10 | fit s |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+def _adapters(seeds: list[dict[str, Any]], reports: list[BridgeReport]) -> list[str]:
+    lines = [
+        "## Label-free bridge recipes (new → old, same-text anchor pairs; mean ± std over seeds)",
+        "",
+        'Pairs "same": every anchor synset\'s lemma string and its definition, each embedded by both '
+        'models (both sides of the task); "defs": the definitions only. Held-out R@10: lemma → '
+        "definition retrieval on the held-out anchor synsets, the selection criterion.",
+        "",
+        *HEADER,
+        *_recipe_rows(seeds, reports, "variants", LABEL_FREE),
         "",
         "Rerank depth (seed 0): "
         + ", ".join(f"top-{d} R@10 {m['recall@10']:.3f}" for d, m in seeds[0]["rerank"].items())
         + ".",
         "",
     ]
+    return lines
+
+
+def _task(seeds: list[dict[str, Any]], reports: list[BridgeReport]) -> list[str]:
+    """(d): task-paired query adapters, new -> old beside the same recipe fitted old -> old."""
+    lines = [
+        "## Separate experiment (d): query adapters trained on task pairs",
+        "",
+        'Pairs "task": the same-text pairs plus each training anchor synset\'s lemma string → its '
+        'definition; "task-only": the lemma → definition pairs alone. These adapters learn the task, '
+        "not only the change of model, so each is also fitted MiniLM → MiniLM (the control: the "
+        "same adapter with no new model). The gain attributable to the new model is the difference.",
+        "",
+        *HEADER,
+        *_recipe_rows(seeds, reports, "variants", TASK),
+        *[
+            row.replace("| `", "| control old → old: `", 1)
+            for row in _recipe_rows(seeds, reports, "controls", TASK)
+        ],  # fmt: skip
+        "",
+        "| recipe | new → old R@10 − old → old R@10 (attributable to the new model) |",
+        "|---|---|",
+    ]
+    for name in TASK:
+        diff = [s["variants"][name]["recall@10"] - s["controls"][name]["recall@10"] for s in seeds]
+        lines.append(f"| `{name}` | {stat(diff)} |")
+    chosen = seeds[0]["task_fusion"]["recipe"]
+    lines += [
+        "",
+        f"Query fusion with the task adapter selected by held-out R@10 (seed 0: `{chosen}`), "
+        "α chosen on the held-out anchor synsets:",
+        "",
+        "| cell | R@10 | MRR@10 | retention R@10 | gain R@10 | gain fraction |",
+        "|---|---|---|---|---|---|",
+        _fusion_row("fusion old(q) + B_task(new(q))", [s["task_fusion"]["new"] for s in seeds], reports),
+        _fusion_row("control: fusion old(q) + A_task(old(q))", [s["task_fusion"]["old"] for s in seeds], reports),
+        "",
+        "α per seed (new, control): "
+        + ", ".join(f"{s['task_fusion']['new']['alpha']:.1f}/{s['task_fusion']['old']['alpha']:.1f}"
+                    for s in seeds) + ".",  # fmt: skip
+        "",
+    ]  # fmt: skip
     return lines
 
 
