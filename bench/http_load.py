@@ -1,20 +1,27 @@
 """HTTP query overhead: `hotswap serve` on loopback against calling the same search in-process.
 
     .venv/bin/python bench/http_load.py [--items 20000] [--requests 600] [--seconds 120]
+        [--variant rev=3b33ac5,http=h11,loop=asyncio,log=on ...]
 
 A real deployment (SQLite catalog, one FAISS space, ``--items`` seeded unit vectors of ``--dim``)
 is served by a real ``hotswap serve`` subprocess bound to 127.0.0.1. One query vector per request,
-k=10. Two contenders answer the same queries, interleaved in rounds of ``--block`` so drifting load
-on a shared machine hits both alike:
+k=10. The contenders answer the same queries, interleaved in blocks of ``--block`` so drifting
+load on a shared machine hits all alike:
 
 - direct: what the endpoint does, called in this process (``SearcherPool.get`` → search →
   external ids);
 - HTTP: ``POST /query`` through one keep-alive ``httpx`` client (JSON encode, loopback TCP,
-  FastAPI validation, the same call, JSON decode).
+  uvicorn, FastAPI, parsing, the same call, the JSON answer);
+- HTTP, http.client: the same through the standard library's keep-alive client (lighter);
+- HTTP float32 body, http.client: the octet-stream fast path (no JSON floats either way in);
+- one ``HTTP [spec]`` per ``--variant``: another server, e.g. cli/server.py at an older git
+  revision or under another uvicorn protocol/loop, for a paired A/B in the same run.
 
-Reported: p50/p90/p99 latency and sequential QPS of each, the HTTP overhead (p50 difference;
-target <= 2 ms), then the QPS of ``--clients`` concurrent HTTP clients. Bounded: at most
-``--requests`` per contender and ``--seconds`` in all, then it stops by itself. Loopback only.
+Reported per contender: p50/p90/p99 latency, sequential QPS, the overhead against direct at
+p50 (target <= 2 ms), and CPU ms per request (this thread + the server process): on a loaded
+machine waits for a core swamp wall times, CPU time much less. Then the QPS of ``--clients``
+concurrent httpx clients per server. Bounded: at most ``--requests`` per contender and
+``--seconds`` in all, then it stops by itself. Loopback only.
 """
 
 from __future__ import annotations
@@ -292,6 +299,16 @@ def run(args: argparse.Namespace) -> str:
     return report(args, stats, qps, len(seconds["HTTP"]))
 
 
+def verdict(overhead: float) -> str:
+    # With more runnable threads than cores, waits for a core dominate wall time, and the
+    # scheduler favours whichever thread has used the least CPU: the p50s stop meaning anything
+    # (the HTTP contender has come out faster than the in-process call). Judge the CPU columns.
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        return f"not decidable: load average {load:.1f} on {cores} cores; read the CPU columns"
+    return "met" if overhead <= 2 else "MISSED"
+
+
 def report(
     args: argparse.Namespace, stats: dict[str, dict[str, float]], qps: dict[str, float], n: int
 ) -> str:
@@ -312,7 +329,7 @@ def report(
             for name, s in stats.items()
         ),
         "",
-        f"HTTP overhead at p50: {overhead:.2f} ms (target <= 2 ms: {'met' if overhead <= 2 else 'MISSED'})",
+        f"HTTP overhead at p50: {overhead:.2f} ms (target <= 2 ms: {verdict(overhead)})",
         *(
             f"{name} with {args.clients} concurrent clients for {args.concurrent_seconds:.0f} s: "
             f"{value:.0f} QPS"
