@@ -394,21 +394,28 @@ def apply_monarch(
     Runs the fused Triton kernel where ``HOTSWAP_KERNELS`` and the machine allow it and the
     inputs are in its domain, the torch path otherwise (CPU rows in chunks of ``chunk_rows``).
     """
-    _check_x(x, m, out_dtype)
+    w2t = m.w2t
+    # One full-width row in the map's compute dtype, as served. These reads also validate it
+    # (a (1, k*p) floating tensor on w1's device), so it skips _check_x and goes straight to
+    # its 4 torch calls (_one_row is differentiable: right with or without autograd).
+    one_row = (
+        out_dtype is None
+        and not normalize
+        and w2t is not None
+        and isinstance(x, Tensor)
+        and x.dtype == w2t.dtype
+        and x.shape == (1, m.d_in_padded)
+        and x.device == m.w1.device
+    )
+    if not one_row:
+        _check_x(x, m, out_dtype)
     out_dtype = out_dtype or x.dtype
     if backend(x.device) == "triton" and _kernel_takes(x, m, out_dtype):
         from kernels._triton_monarch import project_monarch_triton
 
         return project_monarch_triton(x, m, normalize, out_dtype)
-    w2t = m.w2t
-    if (  # one full-width row in the compute dtype, as served: straight to its 4 torch calls
-        x.shape[0] == 1
-        and w2t is not None
-        and not normalize
-        and x.dtype == out_dtype == w2t.dtype
-        and x.shape[1] == m.d_in_padded
-    ):
-        return _one_row(x, m, w2t)  # differentiable: right with or without autograd
+    if one_row and w2t is not None:  # (w2t is not None in one_row; said again for mypy)
+        return _one_row(x, m, w2t)
     return _monarch_torch(x, m, normalize, out_dtype, chunk_rows)
 
 
