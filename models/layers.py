@@ -154,7 +154,7 @@ class StructuredLinear(nn.Module):
             return self._build_map() if self.map_when_training else None
         # In-place updates bump _version, conversions (.to, .double) go through _apply below.
         # (A list comprehension, not a generator: this runs on every inference call.)
-        key = [(p.data_ptr(), p._version) for p in params if p is not None]
+        key: list[object] = [(p.data_ptr(), p._version) for p in params if p is not None]
         key.append(torch.is_inference_mode_enabled())
         if self._map_cache is None or self._map_cache[0] != key:
             m = self._build_map()
