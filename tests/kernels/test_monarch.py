@@ -94,8 +94,8 @@ def test_ref_equals_dense_form(shape: tuple[Any, ...], normalize: bool) -> None:
 
 
 @pytest.mark.parametrize("shape", TORCH_SHAPES)
-# one row, small (row-wise first product), column-wise first product, chunked
-@pytest.mark.parametrize("n", [1, 2, 5, COLUMN_ROWS + 1, 2 * CPU_CHUNK_ROWS + 3])
+# empty, one row, small (row-wise first product), column-wise first product, chunked
+@pytest.mark.parametrize("n", [0, 1, 2, 5, COLUMN_ROWS + 1, 2 * CPU_CHUNK_ROWS + 3])
 @pytest.mark.parametrize(("bias", "normalize"), [(False, False), (True, True), (True, False)])
 def test_torch_path_equals_dense_form(
     monkeypatch: pytest.MonkeyPatch, shape: tuple[Any, ...], n: int, bias: bool, normalize: bool
