@@ -18,7 +18,9 @@ from index import migrate
 from index.catalog import BackfillTask
 from index.context import Context
 from index.galleries import get_space, load_store
+from index.ledger import pending_tasks
 from index.ray_engine import RayEngine, RayEngineConfig
+from index.ray_workers import ItemVectors
 from index.search import read_only
 from kernels.errors import InvalidInputError, MissingExtraError
 from tests.index import workers
@@ -35,8 +37,9 @@ def cluster() -> Iterator[str]:
     ray.shutdown()
 
 
-def engine() -> RayEngine:
-    return RayEngine(ray_encoder(), RayEngineConfig(workers=2, batch_size=16, page_size=64))
+def engine(encoder: ItemVectors | None = None) -> RayEngine:
+    config = RayEngineConfig(workers=2, batch_size=16, page_size=64)
+    return RayEngine(encoder or ray_encoder(), config)
 
 
 def ledger(ctx: Context, run_id: int) -> dict[int, int | None]:
@@ -90,7 +93,12 @@ def test_waves_pause_and_resume_match_the_local_engine(
     migrate.run(ctx, run_id, engine(), wave_size=WAVE, on_wave=pause_after_two)
     assert [r.wave for r in seen] == [1, 2] and migrate.status(ctx, run_id)["state"] == "paused"
     assert migrate.status(ctx, run_id)["done"] == 2 * WAVE
-    report = migrate.run(ctx, run_id, engine(), wave_size=WAVE, max_waves=2)
+    # Two waves (80 items) span two pages of 64: vectors for those 128 items only. An actor
+    # handed any later page would fail the run ("no new vector").
+    with read_only(ctx) as session:
+        covered = np.sort(session.scalars(pending_tasks(run_id).limit(128)).all())
+    partial = ItemVectors(covered, covered - 1, workers.NEW_VECTORS[1:])
+    report = migrate.run(ctx, run_id, engine(partial), wave_size=WAVE, max_waves=2)
     assert (report.wave, report.done) == (4, 4 * WAVE)
     migrate.run(ctx, run_id, reembed, wave_size=WAVE)  # engines mix: the ledger is the truth
     assert_same_as_local(ctx, run_id, local)
@@ -136,6 +144,8 @@ def kill_when(procs, args: tuple, ctx: Context, run_id: int, threshold: int) -> 
 def test_bad_configs_and_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InvalidInputError, match="workers must be >= 1"):
         RayEngineConfig(workers=0)
+    with pytest.raises(InvalidInputError, match="cpus_per_worker must be >= 1"):
+        RayEngineConfig(cpus_per_worker=0)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the scale extra were not installed
     with pytest.raises(MissingExtraError, match=r"pip install 'hotswap\[scale\]'"):
         RayEngine(ray_encoder())
