@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.errors import CorruptArtifactError
+from kernels.errors import CorruptArtifactError, InvalidInputError
 from models.checkpoint import atomic_write_bytes
 
 MAGIC = b"HSDELTA1"
@@ -67,7 +67,7 @@ def write_delta(path: Path, ids: np.ndarray, vectors: np.ndarray) -> str:
     ids = np.ascontiguousarray(ids, dtype="<i8").ravel()
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
     if vectors.ndim != 2 or len(vectors) != len(ids):
-        raise ValueError(f"{len(ids)} ids for vectors of shape {vectors.shape}")
+        raise InvalidInputError(f"{len(ids)} ids for vectors of shape {vectors.shape}")
     data = b"".join(
         (HEADER.pack(MAGIC, len(ids), vectors.shape[1]), ids.tobytes(), vectors.tobytes())
     )

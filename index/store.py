@@ -4,7 +4,8 @@ FAISS stores only int64 ids, so the id of every vector is the item's SQL id (ide
 space) and all metadata lives in the catalog. Snapshots are immutable files named by sequence number:
 a writer writes ``<space>.<seq+1>.faiss`` (temporary file, fsync, rename) and only the catalog commit
 that records the new path, checksum and ntotal makes it current. A reader therefore never sees a
-half-written index, and a crash between the two leaves an orphan file, never a wrong one.
+half-written index, and a crash between the two leaves an orphan file, never a wrong one. (A
+migration wave appends a delta file of its rows instead of a new snapshot: index/deltas.py.)
 
 Three kinds, registered in :data:`STORE_KINDS` under the keys the catalog records per space
 (``embedding_space.index_factory``, with the kind's config as JSON in ``index_params``):
