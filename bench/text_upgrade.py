@@ -37,11 +37,18 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from compat.backfill_curves import Relevance, cosine, evaluate  # noqa: E402
+from compat.backfill_curves import (  # noqa: E402
+    Relevance,
+    backfill_curve,
+    cosine,
+    evaluate,
+    order_random,
+)
 from compat.fitting import FitOptions, fit_adapter  # noqa: E402
 from compat.query_fusion import choose_alpha  # noqa: E402
 from compat.verdict import BridgeReport, bridge_or_backfill, rerank_metrics  # noqa: E402
 from index.plots import plot_report  # noqa: E402
+from index.search import fit_calibration  # noqa: E402
 from kernels.errors import MissingExtraError  # noqa: E402
 from models.embedding_cache import cached_encode  # noqa: E402
 from models.loaders import PretrainedEncoder, load_sentence_transformer  # noqa: E402
@@ -283,6 +290,21 @@ def fusion_cells(vec: dict[str, Any], anchors: Anchors, bridge: Any, src: str = 
     return {**cells, "alpha": fusion.alpha, "held_out": fusion.scores[fusion.alpha]}
 
 
+def anchor_calibration(anchors: Anchors, bridge: Any, queries: int = 1000) -> Any:
+    """Bridged scores -> the new/new scale, by rank matching on training anchors (no test data).
+
+    Pseudo-queries: the first ``queries`` training lemma strings; items: every training definition.
+    Each query's j-th best bridged score is paired with its j-th best new/new score
+    (index.search.fit_calibration, what mixed-version serving uses).
+    """
+    t = anchors.train
+    q = t["new_lem"][:queries]
+    native = torch.sort(cosine(q, t["new_def"]), dim=1).values  # (P, A)
+    bridged = torch.sort(cosine(bridge(q), t["old_def"]), dim=1).values
+    fitted = fit_calibration(bridged.double().numpy().ravel(), native.double().numpy().ravel())
+    return lambda scores: torch.from_numpy(fitted(scores.double().numpy())).float()
+
+
 def gain_fraction(value: float, report: BridgeReport) -> float:
     """(value − old/old) / (new/new − old/old) on R@10: the share of the upgrade's gain."""
     old, new = report.old_old["recall@10"], report.new_new["recall@10"]
@@ -315,6 +337,7 @@ def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[s
         rerank_depth=args.rerank_depth, orderings=("random", "distance_to_mean"),
         uncertainty=sigma, points=args.points, new_seconds_per_item=vec["new_seconds_per_item"],
         backfill_items=1_000_000, seed=seed,
+        calibration=anchor_calibration(anchors, fitted[best]["adapter"].bridge()),
     )  # fmt: skip
     bridged = cosine(
         fitted[best]["adapter"].transform(test["new"]["test_queries"]), test["old"]["test_docs"]
@@ -325,7 +348,12 @@ def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[s
                "seconds": f["seconds"], "pairs": f["pairs"]}
         for name, f in group.items()
     }  # fmt: skip
+    raw = backfill_curve(
+        new_scores, bridged, relevance, order_random(len(bridged[0]), seed=seed), ordering="random",
+        points=args.points, target=0.95 * report.new_new["recall@10"],
+    )  # fmt: skip
     return {
+        "raw_random": raw,
         "anchors": len(anchors.train["old_lem"]),
         "held": len(anchors.held["old_lem"]),
         "variants": rows(fitted, "new"),
@@ -421,7 +449,7 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         f"{', '.join(f'{a:.1f}' for a in alphas)}.",
         "",
     ]  # fmt: skip
-    return "\n".join(lines + _adapters(seeds, reports) + _task(seeds, reports) + _curves(reports)
+    return "\n".join(lines + _adapters(seeds, reports) + _task(seeds, reports) + _curves(reports, seeds)
                      + _cost(args, out)) + "\n"  # fmt: skip
 
 
@@ -518,18 +546,22 @@ def _task(seeds: list[dict[str, Any]], reports: list[BridgeReport]) -> list[str]
     return lines
 
 
-def _curves(reports: list[BridgeReport]) -> list[str]:
+def _curves(reports: list[BridgeReport], seeds: list[dict[str, Any]]) -> list[str]:
     c0 = reports[0].curves[0]
     lines = [
         "## Backfilling curves (seed 0; R@10 of the mixed gallery, migrated items new/new, the rest bridged)",
         "",
+        "Bridged scores are mapped onto the new/new scale before the merge (rank-matching "
+        "calibration fitted on training anchors, no test data); the last row merges raw scores.",
+        "",
         "| ordering | " + " | ".join(f"{f:.0%}" for f in c0.fractions) + " | area | to 95% |",
         "|---|" + "---|" * (len(c0.fractions) + 2),
     ]
-    for c in reports[0].curves:
+    for c in [*reports[0].curves, seeds[0]["raw_random"]]:
         reach = "—" if c.fraction_to_target is None else f"{c.fraction_to_target:.0%}"
+        raw = " (raw scores)" if c is seeds[0]["raw_random"] else ""
         lines.append(
-            f"| {c.ordering} | "
+            f"| {c.ordering}{raw} | "
             + " | ".join(f"{v:.3f}" for v in c.values)
             + f" | {c.area:.3f} | {reach} |"
         )
@@ -539,6 +571,10 @@ def _curves(reports: list[BridgeReport]) -> list[str]:
         lines[-1] += (
             f"{c.ordering} " + ", ".join("—" if f is None else f"{f:.0%}" for f in reached) + "; "
         )
+    raw = [s["raw_random"].fraction_to_target for s in seeds]
+    lines[-1] += (
+        "random, raw scores " + ", ".join("—" if f is None else f"{f:.0%}" for f in raw) + "."
+    )
     return lines + ["", "![curves](text_upgrade_curves.png) ![retention](text_upgrade_retention.png) "
                         "![matrix](text_upgrade_matrix.png)", ""]  # fmt: skip
 

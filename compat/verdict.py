@@ -10,7 +10,11 @@ backward adapter (new -> old), :func:`bridge_or_backfill` measures every option 
   un-migrated gallery the candidates' new vectors do not exist yet, so it costs R new-model
   embeddings per query (unless cached) — reported as seconds per query;
 - backfilling curves (see :mod:`compat.backfill_curves`), the fraction of backfill after which the
-  mixed gallery reaches ``target_retention`` × new/new, and its cost in encoder seconds.
+  mixed gallery reaches ``target_retention`` × new/new, and its cost in encoder seconds. A mixed
+  gallery merges bridged and new/new scores, which live on different scales; ``calibration`` (a
+  monotone map of bridged scores onto the new/new scale, e.g. ``index.search.fit_calibration``
+  fitted on anchor pairs) is applied to the bridged scores before they are merged. It changes no
+  ranking of the bridge alone, only how bridged and migrated items interleave.
 
 The verdict rule (``metric``, default recall@10; ``target`` = ``target_retention``, default 0.95):
 
@@ -204,6 +208,7 @@ def bridge_or_backfill(
     new_seconds_per_item: float | None = None,
     backfill_items: int | None = None,
     seed: int = 0,
+    calibration: Callable[[Tensor], Tensor] | None = None,
 ) -> BridgeReport:
     """Measure old/old, bridged, new/new, the cascade and the backfilling curves; decide.
 
@@ -229,10 +234,11 @@ def bridge_or_backfill(
         bridged_scores, new_scores, relevance, rerank_depth, ks, cells, new_seconds_per_item
     )
     target = target_retention * cells["new_new"][metric]
+    mixed = bridged_scores if calibration is None else calibration(bridged_scores)  # (Q, G)
     curves = [
         backfill_curve(
             new_scores,
-            bridged_scores,
+            mixed,
             relevance,
             order,
             ordering=name,
