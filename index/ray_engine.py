@@ -15,6 +15,10 @@ loses or duplicates nothing, and resume (``migrate.run`` again, with either engi
 ledger. The ledger is read in pages keyed by ``(priority, task id)``, so the gallery never has to
 fit in the driver's memory.
 
+Throughput (docs/results/scale.md): encoder calls are large (a text encoder pads less when it
+length-sorts more items), one call is in flight per actor, and the actor pool's start-up is paid
+once per run, so a migration is best run as one long run (docs/scale.md).
+
 Ray is the ``scale`` extra, imported lazily: without it, building an engine raises
 :class:`~kernels.errors.MissingExtraError` with the install command.
 """
