@@ -80,7 +80,13 @@ def eval_command(
                                "rerank_depth": rerank_depth or None}  # fmt: skip
     if seconds_per_item is not None:
         options["new_seconds_per_item"] = seconds_per_item
-    if old_version is not None or new_version is not None or query_set is not None:
+    if old_version is None and new_version is None and query_set is None:
+        report = _from_vector_files(
+            old_queries, new_queries, old_gallery, new_gallery, query_labels=query_labels,
+            gallery_labels=gallery_labels, pairs=pairs, self_match=self_match, adapter=adapter,
+            fit=fit, anchors_old=anchors_old, anchors_new=anchors_new, options=options,
+        )  # fmt: skip
+    else:
         from index.context import open_context
         from index.evaluation import evaluate_versions, load_query_set
 
@@ -92,28 +98,33 @@ def eval_command(
             open_context(directory, database), old_version, new_version,
             load_query_set(query_set), adapter=adapter, fit=fit, **options,
         )  # fmt: skip
-    else:
-        from compat.eval_inputs import EvalFiles, evaluate_vector_files
-
-        if old_queries is None or new_queries is None or old_gallery is None or new_gallery is None:
-            raise InvalidInputError(
-                "give the four vector files (--old-queries, --new-queries, --old-gallery, "
-                "--new-gallery) or two catalog versions (--old-version, --new-version, --query-set)"
-            )
-
-        files = EvalFiles(
-            old_queries=old_queries, new_queries=new_queries, old_gallery=old_gallery,
-            new_gallery=new_gallery, query_labels=query_labels, gallery_labels=gallery_labels,
-            pairs=pairs, self_match=self_match, adapter=adapter, fit=fit,
-            anchors_old=anchors_old, anchors_new=anchors_new,
-        )  # fmt: skip
-        report = evaluate_vector_files(files, **options)
     result: dict[str, Any] = report.to_dict()
     if plot is not None:
         from index.plots import plot_report
 
         result["plots"] = [str(p) for p in plot_report(report, plot)]
     emit(result, as_json, _text(result))
+
+
+def _from_vector_files(
+    old_queries: Path | None,
+    new_queries: Path | None,
+    old_gallery: Path | None,
+    new_gallery: Path | None,
+    *,
+    options: dict[str, Any],
+    **files: Any,
+) -> Any:
+    from compat.eval_inputs import EvalFiles, evaluate_vector_files
+
+    if old_queries is None or new_queries is None or old_gallery is None or new_gallery is None:
+        raise InvalidInputError(
+            "give the four vector files (--old-queries, --new-queries, --old-gallery, "
+            "--new-gallery) or two catalog versions (--old-version, --new-version, --query-set)"
+        )
+    paths = EvalFiles(old_queries=old_queries, new_queries=new_queries, old_gallery=old_gallery,
+                      new_gallery=new_gallery, **files)  # fmt: skip
+    return evaluate_vector_files(paths, **options)
 
 
 def _text(r: dict[str, Any]) -> str:
