@@ -36,3 +36,21 @@ def _encoder(dim: int):
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# The 40-item gallery most index tests migrate: v1 vectors seeded 8, v2 ones seeded 9.
+N_ITEMS = 40
+OLD_VECTORS = unit_vectors(N_ITEMS, OLD_DIM, seed=8)
+NEW_VECTORS = unit_vectors(N_ITEMS + 1, NEW_DIM, seed=9)  # row = item id (ids start at 1)
+
+
+def reembed(ids: np.ndarray) -> torch.Tensor:
+    """The 'new encoder' of the index tests: item id -> its seeded v2 vector."""
+    return torch.from_numpy(NEW_VECTORS[ids])
+
+
+def seeded_deployment(root: Path) -> Context:
+    """``new_deployment`` with the 40 items ingested into v1 as ``item-0`` ... ``item-39``."""
+    ctx = new_deployment(root)
+    galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(N_ITEMS)], OLD_VECTORS)
+    return ctx

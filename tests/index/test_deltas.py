@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from index import galleries, migrate
 from index.catalog import EmbeddingSpace
@@ -16,21 +15,19 @@ from index.doctor import doctor
 from index.galleries import StagedSnapshot
 from index.search import MixedSearcher
 from kernels.errors import CorruptArtifactError
-from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
-
-N = 40
-NEW_VECTORS = unit_vectors(N + 1, NEW_DIM, seed=9)  # row = item id (ids start at 1)
-
-
-def reembed(ids: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(NEW_VECTORS[ids])
+from tests.index.fixtures import (
+    N_ITEMS,
+    NEW_DIM,
+    NEW_VECTORS,
+    reembed,
+    seeded_deployment,
+    unit_vectors,
+)
 
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Context:
-    ctx = new_deployment(tmp_path / "data")
-    galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(N)], unit_vectors(N, OLD_DIM, seed=8))
-    return ctx
+    return seeded_deployment(tmp_path / "data")
 
 
 def _v2(ctx: Context) -> tuple[list[str], list[DeltaEntry], int]:
@@ -82,9 +79,9 @@ def test_waves_append_deltas_fold_geometrically_and_at_completion(ctx: Context) 
         appended = sum(d.rows for d in deltas)
         assert ntotal == report.done and appended <= ntotal - appended  # the fold rule
         seen.append((files, ntotal))
-        searched = MixedSearcher.open(ctx, "v2").search(reembed(np.arange(1, 3)), k=N)
+        searched = MixedSearcher.open(ctx, "v2").search(reembed(np.arange(1, 3)), k=N_ITEMS)
         for row in searched.ids:  # a reader loads snapshot + deltas: every item exactly once
-            assert sorted(row.tolist()) == list(range(1, N + 1))
+            assert sorted(row.tolist()) == list(range(1, N_ITEMS + 1))
 
     migrate.run(ctx, run_id, reembed, wave_size=10, on_wave=after_wave)
     assert seen == [
@@ -94,11 +91,11 @@ def test_waves_append_deltas_fold_geometrically_and_at_completion(ctx: Context) 
         (["v2.3.faiss", "v2.4.delta"], 40),
     ]
     files, deltas, ntotal = _v2(ctx)
-    assert (files, deltas, ntotal) == (["v2.5.faiss"], [], N)
+    assert (files, deltas, ntotal) == (["v2.5.faiss"], [], N_ITEMS)
     assert sorted(p.name for p in (ctx.data_dir / "indexes").glob("v2.*")) == ["v2.5.faiss"]
     with ctx.transaction() as session:
         store = galleries.load_store(ctx, galleries.get_space(session, "v2"))
-    assert np.allclose(store.vectors(np.arange(1, N + 1)), NEW_VECTORS[1:], atol=1e-6)
+    assert np.allclose(store.vectors(np.arange(1, N_ITEMS + 1)), NEW_VECTORS[1:], atol=1e-6)
     assert doctor(ctx).clean
 
 
@@ -148,7 +145,7 @@ def test_a_damaged_delta_is_refused_and_doctor_hands_its_items_back(
     assert "handed 20 items of run" in str([f.repaired for f in fixed.findings])
     assert doctor(ctx).clean and _v2(ctx)[1] == []
     migrate.run(ctx, run_id, reembed, wave_size=10)  # resume re-embeds the handed-back items
-    assert migrate.status(ctx, run_id)["done"] == N and doctor(ctx).clean
+    assert migrate.status(ctx, run_id)["done"] == N_ITEMS and doctor(ctx).clean
 
 
 def test_rollback_and_ingest_fold_the_deltas(ctx: Context) -> None:

@@ -7,7 +7,6 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from sqlalchemy import delete, select, update
@@ -16,22 +15,18 @@ from index import galleries, migrate, versions
 from index.catalog import BackfillTask, ItemEmbedding, MigrationRun, utcnow
 from index.context import Context
 from index.doctor import doctor
-from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
-
-N = 40
-OLD_VECTORS = unit_vectors(N, OLD_DIM, seed=8)
-NEW_VECTORS = unit_vectors(N + 1, NEW_DIM, seed=9)
-
-
-def reembed(ids: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(NEW_VECTORS[ids])
+from tests.index.fixtures import (
+    N_ITEMS,
+    OLD_VECTORS,
+    reembed,
+    seeded_deployment,
+)
 
 
 @pytest.fixture
 def half(tmp_path: Path) -> tuple[Context, int]:
     """40 items in v1, the first wave of 20 migrated to v2, the run paused."""
-    ctx = new_deployment(tmp_path / "data")
-    galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(N)], OLD_VECTORS)
+    ctx = seeded_deployment(tmp_path / "data")
     run_id = migrate.plan(ctx, "v1", "v2", ordering="insertion")
     migrate.run(ctx, run_id, reembed, wave_size=20, max_waves=1)
     migrate.pause(ctx, run_id)
@@ -113,7 +108,7 @@ def test_lost_target_index_hands_a_cut_over_run_back(half) -> None:
     assert migrate.status(ctx, run_id)["state"] == "paused"
     assert migrate.status(ctx, run_id)["done"] == 0
     migrate.run(ctx, run_id, reembed, wave_size=100)
-    assert migrate.status(ctx, run_id)["done"] == N and doctor(ctx).clean
+    assert migrate.status(ctx, run_id)["done"] == N_ITEMS and doctor(ctx).clean
 
 
 def test_vectors_the_catalog_does_not_list_are_removed(half) -> None:
@@ -186,4 +181,4 @@ def test_ledger_follows_the_catalogs_authority(half) -> None:
     doctor(ctx, repair=True)
     assert doctor(ctx).clean and migrate.status(ctx, run_id)["done"] == 20
     migrate.run(ctx, run_id, reembed, wave_size=100)  # item 35 is migrated after all
-    assert migrate.status(ctx, run_id)["done"] == N and doctor(ctx).clean
+    assert migrate.status(ctx, run_id)["done"] == N_ITEMS and doctor(ctx).clean

@@ -18,22 +18,21 @@ from index.doctor import doctor
 from index.search import AccessCounter, MixedSearcher
 from kernels.errors import ConflictError, InvalidInputError
 from tests.index import workers
-from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
+from tests.index.fixtures import (
+    N_ITEMS,
+    NEW_DIM,
+    OLD_DIM,
+    new_deployment,
+    reembed,
+    seeded_deployment,
+    unit_vectors,
+)
 from tests.pg import fresh_postgres_database
-
-N = 40
-NEW_VECTORS = unit_vectors(N + 1, NEW_DIM, seed=9)  # row = item id (ids start at 1)
-
-
-def reembed(ids: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(NEW_VECTORS[ids])
 
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Context:
-    ctx = new_deployment(tmp_path / "data")
-    galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(N)], unit_vectors(N, OLD_DIM, seed=8))
-    return ctx
+    return seeded_deployment(tmp_path / "data")
 
 
 def authority(ctx: Context) -> dict[str, list[int]]:
@@ -67,9 +66,13 @@ def test_resume_after_pause_and_after_completion(ctx: Context) -> None:
     run_id = migrate.plan(ctx, "v1", "v2", wave_size=15)
     migrate.run(ctx, run_id, reembed, on_wave=lambda w: migrate.pause(ctx, run_id))
     assert migrate.status(ctx, run_id)["state"] == "paused"
-    assert migrate.run(ctx, run_id, reembed).done == N  # the planned wave size is used
+    assert migrate.run(ctx, run_id, reembed).done == N_ITEMS  # the planned wave size is used
     again = migrate.run(ctx, run_id, reembed)  # resuming a completed run changes nothing
-    assert (again.migrated, again.done, migrate.status(ctx, run_id)["state"]) == (0, N, "completed")
+    assert (again.migrated, again.done, migrate.status(ctx, run_id)["state"]) == (
+        0,
+        N_ITEMS,
+        "completed",
+    )
     with pytest.raises(ConflictError, match="only an active run pauses"):
         migrate.pause(ctx, run_id)
 
@@ -108,8 +111,8 @@ def test_rollback_hands_everything_back(ctx: Context, stage: str) -> None:
     migrate.run(ctx, run_id, reembed, wave_size=15, max_waves=1 if stage == "partial" else None)
     if stage == "cutover":
         migrate.cutover(ctx, run_id, alias="prod")
-    assert migrate.rollback(ctx, run_id) == (15 if stage == "partial" else N)
-    assert authority(ctx) == {"v1": list(range(1, N + 1))}
+    assert migrate.rollback(ctx, run_id) == (15 if stage == "partial" else N_ITEMS)
+    assert authority(ctx) == {"v1": list(range(1, N_ITEMS + 1))}
     after = MixedSearcher.open(ctx, "v2").search(reembed(np.arange(1, 4)), k=5)
     np.testing.assert_array_equal(after.ids, before.ids)  # the old vectors answer again
     assert migrate.rollback(ctx, run_id) == 0  # idempotent
@@ -119,7 +122,7 @@ def test_rollback_hands_everything_back(ctx: Context, stage: str) -> None:
     with pytest.raises(ConflictError, match="rolled_back; it cannot run"):
         migrate.run(ctx, run_id, reembed, wave_size=10)
     again = migrate.plan(ctx, "v1", "v2")  # the space is free for a new run
-    assert migrate.run(ctx, again, reembed, wave_size=100).done == N
+    assert migrate.run(ctx, again, reembed, wave_size=100).done == N_ITEMS
 
 
 def test_a_failed_rollback_changes_nothing(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,7 +162,7 @@ def test_a_run_rolled_back_while_it_encodes_stops(ctx: Context, prefetch: bool) 
     migrate.run(ctx, run_id, encoder, wave_size=10, on_wave=on_wave, prefetch=prefetch)
     assert len(reports) == 1 and len(calls) == 2
     assert migrate.status(ctx, run_id)["state"] == "rolled_back"
-    assert authority(ctx) == {"v1": list(range(1, N + 1))} and doctor(ctx).clean
+    assert authority(ctx) == {"v1": list(range(1, N_ITEMS + 1))} and doctor(ctx).clean
 
 
 def test_rollback_refused_while_a_later_run_moved_the_items_on(ctx: Context) -> None:
@@ -243,7 +246,7 @@ def test_orderings_are_registered() -> None:
 
 def test_estimate_from_a_throughput_or_a_timing_probe(ctx: Context) -> None:
     given = migrate.estimate(ctx, "v1", "v2", throughput=20.0)
-    assert (given.items, given.seconds, given.probed) == (N, 2.0, 0)
+    assert (given.items, given.seconds, given.probed) == (N_ITEMS, 2.0, 0)
     calls = []
 
     def encoder(ids: np.ndarray) -> torch.Tensor:
@@ -251,8 +254,8 @@ def test_estimate_from_a_throughput_or_a_timing_probe(ctx: Context) -> None:
         return reembed(ids)
 
     probed = migrate.estimate(ctx, "v1", "v2", reembed=encoder, sample=16)
-    assert probed.items == N and probed.probed == 16 and calls == [8, 16, 16, 16]
-    assert probed.seconds == pytest.approx(N / probed.throughput)
+    assert probed.items == N_ITEMS and probed.probed == 16 and calls == [8, 16, 16, 16]
+    assert probed.seconds == pytest.approx(N_ITEMS / probed.throughput)
     with pytest.raises(InvalidInputError, match="width 6, the space expects 10"):
         migrate.estimate(ctx, "v1", "v2", reembed=lambda ids: torch.ones(len(ids), OLD_DIM))
     with pytest.raises(InvalidInputError, match="exactly one of"):
@@ -261,7 +264,7 @@ def test_estimate_from_a_throughput_or_a_timing_probe(ctx: Context) -> None:
         migrate.estimate(ctx, "v1", "v2", throughput=0.0)
     run_id = migrate.plan(ctx, "v1", "v2")
     migrate.run(ctx, run_id, reembed, wave_size=30, max_waves=1)
-    assert migrate.estimate(ctx, "v1", "v2", throughput=1.0).items == N - 30  # what is left
+    assert migrate.estimate(ctx, "v1", "v2", throughput=1.0).items == N_ITEMS - 30  # what is left
 
 
 def test_plan_refuses_bad_arguments(ctx: Context) -> None:
@@ -311,7 +314,7 @@ def test_rollback_keeps_the_target_spaces_store_kind_and_parameters(ctx: Context
     galleries.rebuild_space(ctx, "v2", kind="HNSW", params={"m": 8, "ef_construction": 40})
     run_id = migrate.plan(ctx, "v1", "v2")
     migrate.run(ctx, run_id, reembed, wave_size=100)
-    assert migrate.rollback(ctx, run_id) == N
+    assert migrate.rollback(ctx, run_id) == N_ITEMS
     with ctx.transaction() as session:
         store = galleries.load_store(ctx, galleries.get_space(session, "v2"))
     graph = faiss.downcast_index(store.index.index).hnsw  # what the snapshot was built with

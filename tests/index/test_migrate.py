@@ -10,21 +10,19 @@ from index.catalog import BackfillTask, EmbeddingSpace, ItemEmbedding
 from index.galleries import load_store
 from index.search import MixedSearcher
 from kernels.errors import ConflictError, InvalidInputError
-from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
-
-N = 40
-NEW_VECTORS = unit_vectors(N + 1, NEW_DIM, seed=9)  # row = item id (ids start at 1)
-
-
-def reembed(ids: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(NEW_VECTORS[ids])
+from tests.index.fixtures import (
+    N_ITEMS,
+    NEW_DIM,
+    NEW_VECTORS,
+    OLD_DIM,
+    reembed,
+    seeded_deployment,
+)
 
 
 @pytest.fixture
 def ctx(tmp_path):
-    ctx = new_deployment(tmp_path / "data")
-    galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(N)], unit_vectors(N, OLD_DIM, seed=8))
-    return ctx
+    return seeded_deployment(tmp_path / "data")
 
 
 def authority(ctx) -> dict[str, set[int]]:
@@ -43,7 +41,7 @@ def authority(ctx) -> dict[str, set[int]]:
 def assert_consistent(ctx, migrated: int) -> None:
     """Every item authoritative in exactly one space; each index holds exactly what the catalog says."""
     auth = authority(ctx)
-    assert not auth["v1"] & auth["v2"] and len(auth["v1"] | auth["v2"]) == N
+    assert not auth["v1"] & auth["v2"] and len(auth["v1"] | auth["v2"]) == N_ITEMS
     assert len(auth["v2"]) == migrated
     with ctx.transaction() as session:
         v2 = session.scalar(select(EmbeddingSpace).where(EmbeddingSpace.name == "v2"))
@@ -68,7 +66,7 @@ def test_waves_move_authority_and_search_stays_correct(ctx) -> None:
     )
     assert sizes == [15, 15, 10]
     assert migrate.status(ctx, run_id)["state"] == "completed"
-    result = MixedSearcher.open(ctx, "v2").search(torch.from_numpy(NEW_VECTORS[1:6]), k=N)
+    result = MixedSearcher.open(ctx, "v2").search(torch.from_numpy(NEW_VECTORS[1:6]), k=N_ITEMS)
     assert result.space_names == ["v2"] and (result.ids[:, 0] == np.arange(1, 6)).all()
 
 
@@ -97,7 +95,7 @@ def test_crash_at_each_step_then_resume(ctx, monkeypatch, step: str) -> None:
     monkeypatch.undo()
     assert_consistent(ctx, 10)  # the failed wave left no trace
     migrate.run(ctx, run_id, reembed, wave_size=10)  # resume
-    assert_consistent(ctx, N)
+    assert_consistent(ctx, N_ITEMS)
 
 
 def test_bad_vectors_abort_the_wave_without_changes(ctx) -> None:
@@ -116,7 +114,7 @@ def test_pause_stops_at_a_wave_boundary_and_resume_finishes(ctx) -> None:
     assert migrate.status(ctx, run_id)["state"] == "paused"
     assert_consistent(ctx, 10)
     migrate.run(ctx, run_id, reembed, wave_size=100)
-    assert migrate.status(ctx, run_id)["done"] == N
+    assert migrate.status(ctx, run_id)["done"] == N_ITEMS
 
 
 def test_one_active_run_per_space(ctx) -> None:
