@@ -216,6 +216,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         workers.shutdown(wait=True, cancel_futures=True)
+        # The last seconds of query counts would otherwise die with the process, and the
+        # access_frequency ordering would never see them.
+        pool.flush()
 
     api = FastAPI(
         title="hotswap",

@@ -13,8 +13,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import select
 
 from index import galleries, migrate
+from index.catalog import ItemAccess
 from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +124,17 @@ def test_token_and_size_limit(served) -> None:
         "/query", content=b"x" * (9 * 1024 * 1024), headers={"content-type": "application/json"}
     )
     assert huge.status_code == 413
+
+
+def test_a_clean_stop_writes_the_pending_access_counts(tmp_path) -> None:
+    """Counts are flushed every few seconds; the ones since the last flush are written at shutdown."""
+    ctx = new_deployment(tmp_path / "data")
+    galleries.ingest(ctx, "v1", [f"doc-{i}" for i in range(N)], unit_vectors(N, OLD_DIM, seed=1))
+    with running_server(ctx.data_dir) as client:
+        assert query(client, unit_vectors(4, NEW_DIM, seed=2), k=5).status_code == 200
+    with ctx.transaction() as session:
+        hits = session.scalars(select(ItemAccess.hits)).all()
+    assert sum(hits) == 4 * 5
 
 
 def test_queries_during_a_migration_never_fail_nor_repeat(served) -> None:
