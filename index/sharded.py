@@ -43,10 +43,13 @@ class ShardConfig:
 
 
 class ShardHolder:
-    """The state of one shard actor: a store of the ids (n,) and vectors (n, d) it was given."""
+    """The state of one shard actor: a store of the ids (n,) and vectors (n, d) it was given,
+    of the space's kind and with its parameters (an HNSW shard keeps the space's M and efSearch)."""
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, dim: int, factory: str) -> None:
-        self.store = GalleryStore.create(dim, factory)
+    def __init__(
+        self, ids: np.ndarray, vectors: np.ndarray, dim: int, factory: str, config: Any
+    ) -> None:
+        self.store = GalleryStore.create(dim, factory, config)
         if len(ids):
             self.store.add(ids, vectors)
 
@@ -77,7 +80,7 @@ class ShardedStore:
         owner = ids % config.shards
         holder = self.ray.remote(num_cpus=config.cpus_per_shard)(ShardHolder)
         self.shards = [
-            holder.remote(ids[owner == s], vectors[owner == s], store.dim, factory)
+            holder.remote(ids[owner == s], vectors[owner == s], store.dim, factory, store.config)
             for s in range(config.shards)
         ]
         self.dim, self.ntotal = store.dim, store.ntotal

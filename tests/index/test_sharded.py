@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,16 @@ def test_without_ray_the_error_names_the_extra(
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(MissingExtraError, match=r"hotswap\[scale\]"):
         ShardedStore.open(ctx, "v1")
+
+
+def test_shards_keep_the_space_kind_and_parameters(cluster: None, tmp_path: Path) -> None:
+    """An HNSW space shards into HNSW shards with its own M and efSearch, not the defaults."""
+    ctx = new_deployment(tmp_path / "data")
+    galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(40)], unit_vectors(40, OLD_DIM, seed=6))
+    galleries.rebuild_space(ctx, "v1", kind="HNSW", params={"m": 8, "ef_search": 20})
+    store = ShardedStore.open(ctx, "v1", ShardConfig(shards=2))
+    try:
+        configs = ray.get([s.__ray_call__.remote(lambda h: h.store.config) for s in store.shards])
+    finally:
+        store.close()
+    assert [(c.m, c.ef_search) for c in configs] == [(8, 20), (8, 20)]
