@@ -11,11 +11,19 @@ Pairs whose targets are the same vector (one definition paired with two texts) a
 other's negatives: duplicates are masked out of the batch's logits. One projection plus bias once
 trained, so it serves through ``kernels.project`` like the other linear adapters; it starts from
 the closed-form Procrustes fit (``init="procrustes"``).
+
+``contrastive_residual`` is the nonlinear form: B(x) = xW + b + MLP(x), the same loss, the MLP's
+last layer starting at zero (so training starts at the Procrustes map). It is not one projection:
+``serving_form()`` is None and it serves through its module (``Adapter.bridge()``), as
+``residual_mlp`` does. ``learn_temperature`` makes τ a trained parameter (log-parametrised,
+starting at ``temperature``) for either adapter.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +31,7 @@ from torch import Tensor, nn
 
 from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
 from compat.linear_adapters import Init, _procrustes_init, orthogonality_gap
+from compat.mlp_adapters import _mlp
 from models.config import check
 
 
@@ -33,6 +42,7 @@ class ContrastiveConfig(AdapterConfig):
     orthogonality: float = 0.0  # weight of ‖WWᵀ − I‖_F; 0: a free affine map
     mse: float = 0.0  # weight of the squared distance to the own target; 0: InfoNCE alone
     init: Init = "procrustes"
+    learn_temperature: bool = False  # τ trained with the map, starting at ``temperature``
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,7 +53,7 @@ class ContrastiveConfig(AdapterConfig):
 
 
 def in_batch_info_nce(
-    mapped: Tensor, target: Tensor, temperature: float, *, symmetric: bool = True
+    mapped: Tensor, target: Tensor, temperature: float | Tensor, *, symmetric: bool = True
 ) -> Tensor:
     """Cross-entropy of row i picking target i among the batch's targets: (B, d), (B, d) -> ().
 
@@ -76,6 +86,15 @@ class ContrastiveAffineAdapter(Adapter):
         with torch.no_grad():
             self.linear.weight.copy_(torch.eye(config.dim_out, config.dim_in))
             self.linear.bias.zero_()
+        # log τ: a parameter only when learned, so a fixed-τ artifact keeps its old state dict
+        log_tau = torch.tensor(math.log(config.temperature))
+        self.log_tau = nn.Parameter(log_tau) if config.learn_temperature else None
+
+    def tau(self) -> float | Tensor:
+        """The InfoNCE temperature: the config's, or the learned one (clamped to [1e-3, 1])."""
+        if self.log_tau is None:
+            return self.config.temperature
+        return self.log_tau.clamp(math.log(1e-3), 0.0).exp()
 
     def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
         return self.linear(x)
@@ -90,7 +109,7 @@ class ContrastiveAffineAdapter(Adapter):
     def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
         c = self.config
         mapped = self(x)  # (B, dim_out)
-        loss = in_batch_info_nce(mapped, y, c.temperature, symmetric=c.symmetric)
+        loss = in_batch_info_nce(mapped, y, self.tau(), symmetric=c.symmetric)
         if c.mse > 0:
             loss = loss + c.mse * (mapped - y).pow(2).sum(dim=1).mean()
         if c.orthogonality > 0:
@@ -100,3 +119,36 @@ class ContrastiveAffineAdapter(Adapter):
     def serving_form(self) -> ServingForm:
         weight = self.linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
         return ServingForm(weight=weight, bias=self.linear.bias.detach().clone(), normalize=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContrastiveResidualConfig(ContrastiveConfig):
+    hidden: int = 512
+    depth: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
+        check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+
+
+@ADAPTERS.register("contrastive_residual")
+class ContrastiveResidualAdapter(ContrastiveAffineAdapter):
+    """B(x) = xW + b + MLP(x) trained with in-batch InfoNCE; the MLP starts at zero."""
+
+    key = "contrastive_residual"
+    config_class = ContrastiveResidualConfig
+    config: ContrastiveResidualConfig
+
+    def __init__(self, config: ContrastiveResidualConfig) -> None:
+        super().__init__(config)
+        self.mlp = _mlp(config.dim_in, config.hidden, config.dim_out, config.depth)
+        last = cast(nn.Linear, self.mlp[-1])  # _mlp ends with a Linear
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
+        return self.linear(x) + self.mlp(x)
+
+    def serving_form(self) -> None:
+        return None

@@ -1,4 +1,4 @@
-"""The InfoNCE-trained affine adapter: its loss, its config, and what training it buys.
+"""The InfoNCE-trained adapters (affine, residual): their loss, config, and what training buys.
 
 Shape, serving form, save/load and direction round trips are covered for every registered
 adapter, this one included, in tests/compat/test_adapters.py.
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compat.adapters import ADAPTERS, build_adapter
+from compat.adapters import ADAPTERS, build_adapter, load_adapter, save_adapter
 from compat.contrastive_adapter import in_batch_info_nce
 from compat.fitting import FitOptions, _default_keys, fit_adapter
 from compat.linear_adapters import orthogonality_gap
@@ -17,9 +17,10 @@ from kernels.errors import InvalidInputError
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_registered_and_considered_by_automatic_selection() -> None:
-    assert "contrastive_affine" in ADAPTERS
-    assert "contrastive_affine" in _default_keys()
+@pytest.mark.parametrize("key", ["contrastive_affine", "contrastive_residual"])
+def test_registered_and_considered_by_automatic_selection(key: str) -> None:
+    assert key in ADAPTERS
+    assert key in _default_keys()
 
 
 def test_info_nce_masks_duplicate_targets() -> None:
@@ -44,9 +45,25 @@ def test_info_nce_prefers_the_own_target() -> None:
     [("temperature", 0.0, "temperature"), ("orthogonality", -1.0, "orthogonality"),
      ("mse", -0.5, "mse"), ("init", "random", "init")],
 )  # fmt: skip
-def test_config_is_validated(field: str, value: object, message: str) -> None:
+@pytest.mark.parametrize("key", ["contrastive_affine", "contrastive_residual"])
+def test_config_is_validated(key: str, field: str, value: object, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
-        build_adapter("contrastive_affine", {"dim_in": 6, "dim_out": 4, field: value})
+        build_adapter(key, {"dim_in": 6, "dim_out": 4, field: value})
+
+
+@pytest.mark.parametrize(("field", "value"), [("hidden", 0), ("depth", 0)])
+def test_residual_config_is_validated(field: str, value: int) -> None:
+    with pytest.raises(InvalidInputError, match=field):
+        build_adapter("contrastive_residual", {"dim_in": 6, "dim_out": 4, field: value})
+
+
+def test_residual_starts_at_its_linear_map() -> None:
+    """The MLP's last layer is zero at the start: before training the adapter is xW + b."""
+    torch.manual_seed(1)
+    adapter = build_adapter("contrastive_residual", {"dim_in": 7, "dim_out": 5})
+    x = torch.randn(9, 7)
+    torch.testing.assert_close(adapter(x), adapter.linear(x))
+    assert adapter.serving_form() is None  # nonlinear: serves through its module
 
 
 def anisotropic_pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +86,37 @@ def test_training_beats_its_procrustes_start_on_held_out_pairs() -> None:
     assert fitted.held_out.recall_at_10 > start.held_out.recall_at_10
     assert fitted.losses[-1] < fitted.losses[0]
     assert fitted.adapter.direction == "backward"
+
+
+def test_residual_training_beats_its_procrustes_start_on_held_out_pairs() -> None:
+    """A curved relation (y from tanh of x A) that a map xW + b cannot fit, InfoNCE-trained."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(12, 10, generator=g) * 2.0
+    x = F.normalize(torch.randn(900, 12, generator=g), dim=1)
+    y = F.normalize(torch.tanh(2.0 * x @ a) + 0.3 * torch.randn(900, 10, generator=g), dim=1)
+    options = FitOptions(epochs=20, batch_size=128, lr=3e-3)
+    kwargs = {"direction": "backward", "seed": 0, "held_out": (x[600:], y[600:])}
+    fitted = fit_adapter(
+        "contrastive_residual", x[:600], y[:600], options=options, config={"hidden": 64}, **kwargs
+    )
+    start = fit_adapter("procrustes", x[:600], y[:600], **kwargs)
+    assert fitted.held_out is not None and start.held_out is not None
+    assert fitted.held_out.recall_at_10 > start.held_out.recall_at_10
+
+
+@pytest.mark.parametrize("key", ["contrastive_affine", "contrastive_residual"])
+def test_learned_temperature_moves_and_survives_save_load(key: str, tmp_path) -> None:
+    x, y = anisotropic_pairs(300, seed=6)
+    config = {"temperature": 0.5, "learn_temperature": True}
+    options = FitOptions(epochs=10, batch_size=100, lr=1e-2)
+    adapter = fit_adapter(key, x, y, direction="backward", options=options, config=config).adapter
+    tau = float(torch.as_tensor(adapter.tau()).detach())
+    assert tau != pytest.approx(0.5, abs=1e-3) and 1e-3 <= tau <= 1.0
+    save_adapter(adapter, tmp_path / "a")
+    loaded = load_adapter(tmp_path / "a")
+    assert float(torch.as_tensor(loaded.tau()).detach()) == pytest.approx(tau)
+    fixed = build_adapter(key, {"dim_in": 12, "dim_out": 10, "temperature": 0.5})
+    assert fixed.tau() == 0.5 and fixed.log_tau is None
 
 
 def test_orthogonality_penalty_keeps_the_map_nearer_orthogonal() -> None:
