@@ -116,7 +116,7 @@ class ContrastiveAffineAdapter(Adapter):
             loss = loss + c.orthogonality * orthogonality_gap(self.linear.weight)
         return loss
 
-    def serving_form(self) -> ServingForm:
+    def serving_form(self) -> ServingForm | None:  # None in the nonlinear subclass
         weight = self.linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
         return ServingForm(weight=weight, bias=self.linear.bias.detach().clone(), normalize=True)
 
