@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -164,6 +165,7 @@ NCE = dataclasses.replace(TRAIN, contrastive=0.05)
 # 0's held-out anchor synsets among 0.02-0.2 and 20-40 epochs (docs/results/text_upgrade.md).
 INFONCE = FitOptions(epochs=20, batch_size=256, lr=1e-3)
 CONTRASTIVE = {"temperature": 0.1}
+RESIDUAL = {**CONTRASTIVE, "hidden": 512}
 VARIANTS = {
     "procrustes": Variant("procrustes", "same", {}, FitOptions()),
     "affine": Variant("affine", "same", {}, FitOptions()),
@@ -175,6 +177,8 @@ VARIANTS = {
     "contrastive_affine+orth": Variant(
         "contrastive_affine", "same", {**CONTRASTIVE, "orthogonality": 0.1}, INFONCE
     ),
+    # (a) nonlinear: xW + b + MLP(x), the same InfoNCE loss (compat/contrastive_adapter.py)
+    "contrastive_residual": Variant("contrastive_residual", "same", RESIDUAL, INFONCE),
     "procrustes defs only": Variant("procrustes", "defs", {}, FitOptions()),
     "contrastive_affine defs only": Variant("contrastive_affine", "defs", CONTRASTIVE, INFONCE),
     # (d) task-paired query adapters: a separate experiment, each with its old -> old control.
@@ -187,6 +191,7 @@ VARIANTS = {
 }
 TASK = ("linear+nce task", "contrastive_affine task", "contrastive_affine task only")
 LABEL_FREE = tuple(name for name in VARIANTS if VARIANTS[name].pairs in ("same", "defs"))
+SWEEP = ("contrastive_affine", "contrastive_residual")  # (b) refitted on smaller anchor pools
 SPEED = ("residual_mlp+nce task", "contrastive_affine")  # the recipes timed on 20,000 pairs
 
 
@@ -267,6 +272,33 @@ def fit_speed(vec: dict[str, Any], n: int = 20_000) -> dict[str, float]:
     return out
 
 
+def prefix_pool(vec: dict[str, Any], synsets: int) -> dict[str, Any]:
+    """``vec`` with the anchor pool cut to its first ``synsets`` (a whole number of blocks).
+
+    The pool is a fixed shuffle, so a prefix is a random subset; test rows are shared.
+    """
+    if synsets % BLOCK or not 0 < synsets <= len(vec["old"]["anchors"]) // 2:
+        raise ValueError(f"sweep size {synsets} must be a multiple of {BLOCK} within the pool")
+    cut = lambda rows: {**rows, "anchors": rows["anchors"][: 2 * synsets]}  # noqa: E731
+    return {**vec, "old": cut(vec["old"]), "new": cut(vec["new"])}
+
+
+def anchor_sweep(args: argparse.Namespace, vec: dict[str, Any]) -> dict[int, dict[str, list]]:
+    """(b) The SWEEP recipes on pool prefixes of each ``--sweep`` size: test R@10 and held-out R@10
+    per seed (every size splits its pool as the headline run does: 10% held out, ``--fraction`` fitted).
+    """
+    out: dict[int, dict[str, list]] = {}
+    for size in args.sweep:
+        sub = prefix_pool(vec, size)
+        out[size] = {name: [] for name in SWEEP}
+        for seed in range(args.seeds):
+            anchors = sample_anchors(sub, args.fraction, seed)
+            for name, f in fit_variants(anchors, seed, names=SWEEP).items():
+                cells = test_cells(sub, f["adapter"].bridge())
+                out[size][name].append({**cells, "held_out": f["held_out"], "pairs": f["pairs"]})
+    return out
+
+
 # --- measurement ---------------------------------------------------------------------------------
 
 
@@ -303,6 +335,18 @@ def anchor_calibration(anchors: Anchors, bridge: Any, queries: int = 1000) -> An
     bridged = torch.sort(cosine(bridge(q), t["old_def"]), dim=1).values
     fitted = fit_calibration(bridged.double().numpy().ravel(), native.double().numpy().ravel())
     return lambda scores: torch.from_numpy(fitted(scores.double().numpy())).float()
+
+
+def reference_cells(vec: dict[str, Any]) -> SimpleNamespace:
+    """old/old and new/new test cells, all :func:`gain_fraction` reads, without fitting a bridge."""
+    relevance = Relevance.pairs(len(vec["old"]["test_queries"]))
+    cells = {
+        f"{side}_{side}": evaluate(
+            cosine(vec[side]["test_queries"], vec[side]["test_docs"]), relevance
+        )
+        for side in ("old", "new")
+    }
+    return SimpleNamespace(**cells)
 
 
 def gain_fraction(value: float, report: BridgeReport) -> float:
@@ -379,10 +423,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     vec = embed(args, texts)
     if args.embed_only:
         return {"vec": vec}
+    if args.sweep_only:  # (b) alone: the sweep recipes on each prefix and the whole pool
+        args.sweep = sorted({*args.sweep, len(vec["old"]["anchors"]) // 2})
+        return {"vec": vec, "sweep": anchor_sweep(args, vec)}
     seeds = [one_seed(args, vec, seed) for seed in range(args.seeds)]
     return {
         "vec": vec,
         "seeds": seeds,
+        "sweep": anchor_sweep(args, vec),
         "fit_speed": fit_speed(vec, args.speed_pairs),
         "texts": texts,
     }
@@ -449,7 +497,7 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         f"{', '.join(f'{a:.1f}' for a in alphas)}.",
         "",
     ]  # fmt: skip
-    return "\n".join(lines + _adapters(seeds, reports) + _task(seeds, reports) + _curves(reports, seeds)
+    return "\n".join(lines + _adapters(seeds, reports) + _sweep(args, out, reports) + _task(seeds, reports) + _curves(reports, seeds)
                      + _cost(args, out)) + "\n"  # fmt: skip
 
 
@@ -502,6 +550,35 @@ def _adapters(seeds: list[dict[str, Any]], reports: list[BridgeReport]) -> list[
         "",
     ]
     return lines
+
+
+def _sweep(args: argparse.Namespace, out: dict[str, Any], reports: list[BridgeReport]) -> list[str]:
+    """(b) test R@10 of the sweep recipes against the anchor pool size, the full pool last."""
+    full = len(out["vec"]["old"]["anchors"]) // 2
+    rows = {**out["sweep"], full: {n: [s["variants"][n] for s in out["seeds"]] for n in SWEEP}}
+    return _sweep_table(rows, reports)
+
+
+def _sweep_table(rows: dict[int, dict[str, list]], reports: Sequence[Any]) -> list[str]:
+    lines = [
+        "## Anchor count (b): the same recipes on prefixes of the anchor pool",
+        "",
+        "Each pool size is split as above (10% held out, the rest sampled per seed); the last size "
+        "is the run's own pool (the rows of the table above).",
+        "",
+        "| pool synsets | recipe | pairs | test R@10 | gain fraction | held-out R@10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size in sorted(rows):
+        for name, cells in rows[size].items():
+            fractions = [
+                gain_fraction(c["recall@10"], r) for c, r in zip(cells, reports, strict=True)
+            ]
+            lines.append(
+                f"| {size} | `{name}` | {cells[0]['pairs']} | {stat([c['recall@10'] for c in cells])} "
+                f"| {stat(fractions)} | {stat([c['held_out'] for c in cells])} |"
+            )
+    return lines + [""]
 
 
 def _task(seeds: list[dict[str, Any]], reports: list[BridgeReport]) -> list[str]:
@@ -612,6 +689,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--test", type=int, default=2000, help="test synsets")
     parser.add_argument("--anchors", type=int, default=12000, help="anchor pool (synsets)")
+    parser.add_argument(
+        "--sweep", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
+        help="also fit the sweep recipes on these pool prefixes (synsets, comma-separated)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweep-only", action="store_true", help="run only the sweep (and the full pool), print it"
+    )
     parser.add_argument("--fraction", type=float, default=0.8, help="pool share fitted per seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rerank-depth", type=int, default=50)
@@ -632,6 +716,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     out = measure(args)
     if args.embed_only:
+        return out
+    if args.sweep_only:
+        print("\n".join(_sweep_table(out["sweep"], [reference_cells(out["vec"])] * args.seeds)))
         return out
     text = render(args, out)
     print(text)
