@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
-from compat.linear_adapters import Init, _procrustes_init, orthogonality_gap
+from compat.linear_adapters import Init, identity_linear, load_procrustes, orthogonality_gap
 from compat.mlp_adapters import _mlp
 from models.config import check
 
@@ -82,10 +82,7 @@ class ContrastiveAffineAdapter(Adapter):
     def __init__(self, config: ContrastiveConfig) -> None:
         super().__init__()
         self.config = config
-        self.linear = nn.Linear(config.dim_in, config.dim_out)
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.eye(config.dim_out, config.dim_in))
-            self.linear.bias.zero_()
+        self.linear = identity_linear(config.dim_in, config.dim_out)
         # log τ: a parameter only when learned, so a fixed-τ artifact keeps its old state dict
         log_tau = torch.tensor(math.log(config.temperature))
         self.log_tau = nn.Parameter(log_tau) if config.learn_temperature else None
@@ -101,10 +98,7 @@ class ContrastiveAffineAdapter(Adapter):
 
     def prepare(self, x: Tensor, y: Tensor) -> None:
         if self.config.init == "procrustes":
-            r, b = _procrustes_init(x, y)
-            with torch.no_grad():
-                self.linear.weight.copy_(r.T)  # nn.Linear stores (dim_out, dim_in)
-                self.linear.bias.copy_(b)
+            load_procrustes(self.linear, x, y)
 
     def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
         c = self.config

@@ -29,6 +29,23 @@ def _procrustes_init(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return r.float(), (my - mx @ r).float()
 
 
+def identity_linear(dim_in: int, dim_out: int) -> nn.Linear:
+    """An nn.Linear that starts as the (rectangular) identity with zero bias."""
+    linear = nn.Linear(dim_in, dim_out)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(dim_out, dim_in))
+        linear.bias.zero_()
+    return linear
+
+
+def load_procrustes(linear: nn.Linear, x: Tensor, y: Tensor) -> None:
+    """Set ``linear`` to the centred Procrustes fit of y ≈ x R + b (the free maps' start)."""
+    r, b = _procrustes_init(x, y)
+    with torch.no_grad():
+        linear.weight.copy_(r.T)  # nn.Linear stores (dim_out, dim_in)
+        linear.bias.copy_(b)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LambdaOrthogonalConfig(AdapterConfig):
     lam: float | None = None  # None: 12·√(m/512), m = min(dim_in, dim_out), the Gram's size
@@ -72,10 +89,7 @@ class LambdaOrthogonalAdapter(Adapter):
     def __init__(self, config: LambdaOrthogonalConfig) -> None:
         super().__init__()
         self.config = config
-        self.linear = nn.Linear(config.dim_in, config.dim_out)
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.eye(config.dim_out, config.dim_in))
-            self.linear.bias.zero_()
+        self.linear = identity_linear(config.dim_in, config.dim_out)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
         return self.linear(x)
@@ -87,10 +101,7 @@ class LambdaOrthogonalAdapter(Adapter):
 
     def prepare(self, x: Tensor, y: Tensor) -> None:
         if self.config.init == "procrustes":
-            r, b = _procrustes_init(x, y)
-            with torch.no_grad():
-                self.linear.weight.copy_(r.T)  # nn.Linear stores (dim_out, dim_in)
-                self.linear.bias.copy_(b)
+            load_procrustes(self.linear, x, y)
 
     def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
         return super().training_loss(x, y) + self.penalty()
