@@ -65,11 +65,13 @@ RERANK_DEPTHS = (10, 20, 50, 100)
 # --- texts ---------------------------------------------------------------------------------------
 
 
-def build_texts(n_test: int, n_anchors: int) -> dict[str, list[str]]:
+def build_texts(n_test: int, n_anchors: int, n_lemmas: int = 0) -> dict[str, list[str]]:
     """Test queries/documents (seed-0 split, as in methods.md) and the anchor pool's prefix.
 
     anchors: blocks of BLOCK synsets, each block = their lemma strings then their definitions, so
-    a longer pool reuses every cached block of a shorter one.
+    a longer pool reuses every cached block of a shorter one. lemma_anchors (``n_lemmas`` > 0): the
+    lemma strings (the queries' text form) of the next ``n_lemmas`` synsets of the same shuffle,
+    so disjoint from the test and from the pool (whose 10% held-out selection synsets stay unseen).
     """
     pairs = synonym_gloss_pairs()
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
@@ -82,10 +84,16 @@ def build_texts(n_test: int, n_anchors: int) -> dict[str, list[str]]:
     for start in range(0, len(chosen), BLOCK):
         block = chosen[start : start + BLOCK]
         anchors += [", ".join(s.lemmas) for s in block] + [s.definition for s in block]
+    extra = [pool[i] for i in shuffle[n_anchors : n_anchors + n_lemmas]]
+    if len(extra) < n_lemmas:
+        raise ValueError(
+            f"--lemma-anchors {n_lemmas}: only {len(extra)} synsets left after the pool"
+        )
     return {
         "test_queries": [pairs.queries[i] for i in test],
         "test_docs": [pairs.documents[i] for i in test],
         "anchors": anchors,
+        **({"lemma_anchors": [", ".join(s.lemmas) for s in extra]} if n_lemmas else {}),
     }
 
 
@@ -213,13 +221,22 @@ def sample_anchors(vec: dict[str, Any], fraction: float, seed: int) -> Anchors:
     n = len(rows["old_lem"])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(100 + seed))
     held, train = order[: n // 10], order[n // 10 : n // 10 + round(fraction * n)]
-    return Anchors({k: v[train] for k, v in rows.items()}, {k: v[held] for k, v in rows.items()})
+    extra = {
+        f"{side}_xlem": vec[side]["lemma_anchors"]
+        for side in ("old", "new")
+        if "lemma_anchors" in vec[side]
+    }
+    return Anchors(
+        {**{k: v[train] for k, v in rows.items()}, **extra}, {k: v[held] for k, v in rows.items()}
+    )
 
 
 def pairs_for(anchors: Anchors, kind: str, src: str = "new") -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) training pairs: ``src`` model's rows -> old rows, as the variant's ``pairs`` says."""
     t = anchors.train
     lem, defs = (t[f"{src}_lem"], t["old_lem"]), (t[f"{src}_def"], t["old_def"])
+    if "old_xlem" in t:  # --lemma-anchors: more same-text lemma pairs, for every kind but "defs"
+        lem = (torch.cat([lem[0], t[f"{src}_xlem"]]), torch.cat([lem[1], t["old_xlem"]]))
     task = (t[f"{src}_lem"], t["old_def"])
     chosen = {"same": [lem, defs], "defs": [defs], "task": [lem, defs, task], "task-only": [task]}
     if kind not in chosen:
@@ -292,10 +309,10 @@ def anchor_sweep(args: argparse.Namespace, vec: dict[str, Any]) -> dict[int, dic
     out: dict[int, dict[str, list]] = {}
     for size in args.sweep:
         sub = prefix_pool(vec, size)
-        out[size] = {name: [] for name in SWEEP}
+        out[size] = {name: [] for name in args.sweep_recipes}
         for seed in range(args.seeds):
             anchors = sample_anchors(sub, args.fraction, seed)
-            for name, f in fit_variants(anchors, seed, names=SWEEP).items():
+            for name, f in fit_variants(anchors, seed, names=args.sweep_recipes).items():
                 cells = test_cells(sub, f["adapter"].bridge())
                 out[size][name].append({**cells, "held_out": f["held_out"], "pairs": f["pairs"]})
     return out
@@ -421,7 +438,7 @@ def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[s
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    texts = build_texts(args.test, args.anchors)
+    texts = build_texts(args.test, args.anchors, args.lemma_anchors)
     vec = embed(args, texts)
     if args.embed_only:
         return {"vec": vec}
@@ -557,7 +574,10 @@ def _adapters(seeds: list[dict[str, Any]], reports: list[BridgeReport]) -> list[
 def _sweep(args: argparse.Namespace, out: dict[str, Any], reports: list[BridgeReport]) -> list[str]:
     """(b) test R@10 of the sweep recipes against the anchor pool size, the full pool last."""
     full = len(out["vec"]["old"]["anchors"]) // 2
-    rows = {**out["sweep"], full: {n: [s["variants"][n] for s in out["seeds"]] for n in SWEEP}}
+    rows = {
+        **out["sweep"],
+        full: {n: [s["variants"][n] for s in out["seeds"]] for n in args.sweep_recipes},
+    }
     return _sweep_table(rows, reports)
 
 
@@ -698,6 +718,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--sweep-only", action="store_true", help="run only the sweep (and the full pool), print it"
     )
+    parser.add_argument(
+        "--lemma-anchors", type=int, default=0,
+        help="also fit on the lemma strings of this many further synsets (both models, same text)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweep-recipes", type=lambda v: [n for n in v.split(",") if n], default=list(SWEEP),
+        help=f"label-free recipes the sweep fits (comma-separated; default {','.join(SWEEP)})",
+    )  # fmt: skip
     parser.add_argument("--fraction", type=float, default=0.8, help="pool share fitted per seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rerank-depth", type=int, default=50)
@@ -714,6 +742,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results/text_upgrade.md")
     parser.add_argument("--json", type=Path, default=None, help="also write seed 0's BridgeReport")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.sweep_recipes) - set(LABEL_FREE))
+    if unknown:
+        parser.error(f"--sweep-recipes {unknown}: expected some of {', '.join(LABEL_FREE)}")
     args.argv = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(args.threads)
     out = measure(args)
