@@ -121,7 +121,8 @@ def test_shards_keep_the_space_kind_and_parameters(cluster: None, tmp_path: Path
     ctx = new_deployment(tmp_path / "data")
     galleries.ingest(ctx, "v1", [f"item-{i}" for i in range(40)], unit_vectors(40, OLD_DIM, seed=6))
     galleries.rebuild_space(ctx, "v1", kind="HNSW", params={"m": 8, "ef_search": 20})
-    store = ShardedStore.open(ctx, "v1", ShardConfig(shards=2))
+    # No CPUs reserved: the module's `sharded` store may still hold both of the cluster's.
+    store = ShardedStore.open(ctx, "v1", ShardConfig(shards=2, cpus_per_shard=0))
     try:
         configs = ray.get([s.__ray_call__.remote(lambda h: h.store.config) for s in store.shards])
     finally:
