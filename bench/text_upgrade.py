@@ -3,6 +3,8 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py [--anchors 12000] [--out docs/results/text_upgrade.md]
     HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --embed-only   # fill the embedding cache
     HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --anchors 18000 --sweep 9000 --sweep-only
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --anchors 9000 --lemma-anchors 60000 \
+        --sweep-only --sweep-recipes contrastive_affine   # + 60,000 lemma-string anchors
 
 Task: WordNet synonym set -> its definition (models/text_data.py), Recall/MRR/nDCG@10, cosine.
 2,000 test synsets (with >= 2 lemmas) are both the queries (their synonyms) and the gallery
@@ -10,6 +12,9 @@ Task: WordNet synonym set -> its definition (models/text_data.py), Recall/MRR/nD
 two texts, its lemma string and its definition, each embedded by both models; the anchor pool is
 a fixed shuffle of those synsets, and each of 3 anchor-sample seeds fits on its own random sample
 of the pool. Adapters map new -> old (backward) so new queries search the untouched old gallery.
+``--lemma-anchors N`` adds the lemma strings alone of N further synsets (the next ones in the same
+shuffle: never test, never held out) as extra same-text pairs in every fit (MPNet embeds these
+short strings ~6x faster than definitions).
 
 Embeddings are cached per (encoder fingerprint, chunk of texts) under ``.cache/embeddings``
 (git-ignored; models/embedding_cache.py): a rerun re-embeds nothing, a stopped run keeps its
