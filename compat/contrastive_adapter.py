@@ -30,7 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
-from compat.linear_adapters import Init, identity_linear, load_procrustes, orthogonality_gap
+from compat.linear_adapters import (
+    Init,
+    affine_serving_form,
+    identity_linear,
+    load_procrustes,
+    orthogonality_gap,
+)
 from compat.mlp_adapters import _mlp
 from models.config import check
 
@@ -111,8 +117,7 @@ class ContrastiveAffineAdapter(Adapter):
         return loss
 
     def serving_form(self) -> ServingForm | None:  # None in the nonlinear subclass
-        weight = self.linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
-        return ServingForm(weight=weight, bias=self.linear.bias.detach().clone(), normalize=True)
+        return affine_serving_form(self.linear)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -38,6 +38,12 @@ def identity_linear(dim_in: int, dim_out: int) -> nn.Linear:
     return linear
 
 
+def affine_serving_form(linear: nn.Linear) -> ServingForm:
+    """The serving form of a free affine map held in ``linear``: x W + b, rows re-normalised."""
+    weight = linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
+    return ServingForm(weight=weight, bias=linear.bias.detach().clone(), normalize=True)
+
+
 def load_procrustes(linear: nn.Linear, x: Tensor, y: Tensor) -> None:
     """Set ``linear`` to the centred Procrustes fit of y ≈ x R + b (the free maps' start)."""
     r, b = _procrustes_init(x, y)
@@ -107,8 +113,7 @@ class LambdaOrthogonalAdapter(Adapter):
         return super().training_loss(x, y) + self.penalty()
 
     def serving_form(self) -> ServingForm:
-        weight = self.linear.weight.detach().T.contiguous()  # (dim_in, dim_out)
-        return ServingForm(weight=weight, bias=self.linear.bias.detach().clone(), normalize=True)
+        return affine_serving_form(self.linear)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
