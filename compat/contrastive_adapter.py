@@ -17,6 +17,12 @@ last layer starting at zero (so training starts at the Procrustes map). It is no
 ``serving_form()`` is None and it serves through its module (``Adapter.bridge()``), as
 ``residual_mlp`` does. ``learn_temperature`` makes τ a trained parameter (log-parametrised,
 starting at ``temperature``) for either adapter.
+
+More negatives than the batch (compat/negative_bank.py): the targets are frozen old vectors, so a
+bank of every distinct training target is exact. ``negatives`` draws that many bank rows per step
+(shared by the batch), ``hard_negatives`` draws that many per batch row from its own target's
+old-space cluster (``clusters`` k-means clusters; 0 = about √bank). Both only add negatives to the
+mapped-query direction, the one retrieval uses; the bank lives for the fit and is not saved.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from compat.linear_adapters import (
     orthogonality_gap,
 )
 from compat.mlp_adapters import _mlp
+from compat.negative_bank import NegativeBank
 from models.config import check
 
 
@@ -49,6 +56,9 @@ class ContrastiveConfig(AdapterConfig):
     mse: float = 0.0  # weight of the squared distance to the own target; 0: InfoNCE alone
     init: Init = "procrustes"
     learn_temperature: bool = False  # τ trained with the map, starting at ``temperature``
+    negatives: int = 0  # bank rows drawn per step as extra negatives for the whole batch
+    hard_negatives: int = 0  # bank rows per batch row from its own target's old-space cluster
+    clusters: int = 0  # k-means clusters of the bank for hard_negatives; 0: about sqrt(bank)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,14 +66,22 @@ class ContrastiveConfig(AdapterConfig):
         check(self.orthogonality >= 0, f"orthogonality must be >= 0, got {self.orthogonality}")
         check(self.mse >= 0, f"mse must be >= 0, got {self.mse}")
         check(self.init in ("procrustes", "identity"), "init must be procrustes|identity")
+        for name in ("negatives", "hard_negatives", "clusters"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def in_batch_info_nce(
-    mapped: Tensor, target: Tensor, temperature: float | Tensor, *, symmetric: bool = True
+    mapped: Tensor,
+    target: Tensor,
+    temperature: float | Tensor,
+    *,
+    symmetric: bool = True,
+    extra: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy of row i picking target i among the batch's targets: (B, d), (B, d) -> ().
 
-    Targets identical to row i's own (duplicated pairs) are masked out as negatives.
+    Targets identical to row i's own (duplicated pairs) are masked out as negatives. ``extra``
+    (K, d): more negative targets for every mapped row (a bank), masked the same way.
     """
     m, t = F.normalize(mapped, dim=1), F.normalize(target, dim=1)
     logits = m @ t.T / temperature  # (B, B)
@@ -71,7 +89,13 @@ def in_batch_info_nce(
         same = (t @ t.T > 1 - 1e-6) & ~torch.eye(len(t), dtype=torch.bool, device=t.device)
     logits = logits.masked_fill(same, float("-inf"))
     labels = torch.arange(len(m), device=m.device)
-    loss = F.cross_entropy(logits, labels)
+    forward = logits
+    if extra is not None:
+        e = F.normalize(extra, dim=1)
+        with torch.no_grad():
+            own = t @ e.T > 1 - 1e-6  # (B, K): a bank row that is row i's own target
+        forward = torch.cat([logits, (m @ e.T / temperature).masked_fill(own, float("-inf"))], 1)
+    loss = F.cross_entropy(forward, labels)
     if symmetric:  # the mask is symmetric, so the transpose masks the same duplicates
         loss = (loss + F.cross_entropy(logits.T, labels)) / 2
     return loss
@@ -92,6 +116,7 @@ class ContrastiveAffineAdapter(Adapter):
         # log τ: a parameter only when learned, so a fixed-τ artifact keeps its old state dict
         log_tau = torch.tensor(math.log(config.temperature))
         self.log_tau = nn.Parameter(log_tau) if config.learn_temperature else None
+        self.bank: NegativeBank | None = None  # built by prepare() when negatives are asked for
 
     def tau(self) -> float | Tensor:
         """The InfoNCE temperature: the config's, or the learned one (clamped to [1e-3, 1])."""
@@ -103,13 +128,28 @@ class ContrastiveAffineAdapter(Adapter):
         return self.linear(x)
 
     def prepare(self, x: Tensor, y: Tensor) -> None:
-        if self.config.init == "procrustes":
+        c = self.config
+        if c.init == "procrustes":
             load_procrustes(self.linear, x, y)
+        if c.negatives or c.hard_negatives:
+            self.bank = NegativeBank(y, clusters=c.clusters)
+
+    def bank_negatives(self, y: Tensor) -> Tensor | None:
+        """(B, d_out) batch targets -> (K, d_out) extra negatives from the bank, or None."""
+        c = self.config
+        if self.bank is None:
+            return None
+        parts = [self.bank.uniform(c.negatives)] if c.negatives else []
+        if c.hard_negatives:
+            parts.append(self.bank.near(y, c.hard_negatives))
+        return torch.cat(parts)
 
     def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
         c = self.config
         mapped = self(x)  # (B, dim_out)
-        loss = in_batch_info_nce(mapped, y, self.tau(), symmetric=c.symmetric)
+        loss = in_batch_info_nce(
+            mapped, y, self.tau(), symmetric=c.symmetric, extra=self.bank_negatives(y)
+        )
         if c.mse > 0:
             loss = loss + c.mse * (mapped - y).pow(2).sum(dim=1).mean()
         if c.orthogonality > 0:

@@ -12,6 +12,7 @@ from compat.adapters import ADAPTERS, build_adapter, load_adapter, save_adapter
 from compat.contrastive_adapter import in_batch_info_nce
 from compat.fitting import FitOptions, _default_keys, fit_adapter
 from compat.linear_adapters import orthogonality_gap
+from compat.negative_bank import NegativeBank, spherical_kmeans
 from kernels.errors import InvalidInputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -131,3 +132,64 @@ def test_orthogonality_penalty_keeps_the_map_nearer_orthogonal() -> None:
         return float(orthogonality_gap(adapter.linear.weight.detach()))
 
     assert gap(10.0) < gap(0.0)
+
+
+def test_info_nce_extra_negatives_mask_the_own_target_and_raise_the_loss() -> None:
+    torch.manual_seed(7)
+    y = F.normalize(torch.randn(1, 6), dim=1)
+    mapped = y + 0.2 * torch.randn(1, 6)
+    # One pair: its only competitor would be the own target again, which is masked.
+    assert float(in_batch_info_nce(mapped, y, 0.1, extra=torch.cat([y, y]))) == 0.0
+    assert float(in_batch_info_nce(mapped, y, 0.1, extra=torch.randn(4, 6))) > 0.0
+    y = F.normalize(torch.randn(8, 6), dim=1)
+    mapped = y + 0.2 * torch.randn(8, 6)
+    base = in_batch_info_nce(mapped, y, 0.1, symmetric=False)
+    more = in_batch_info_nce(mapped, y, 0.1, symmetric=False, extra=torch.randn(32, 6))
+    assert float(more) > float(base)  # more competitors in every row's softmax
+
+
+def test_spherical_kmeans_recovers_separated_groups() -> None:
+    torch.manual_seed(2)
+    centres = torch.eye(5, 16)
+    rows = F.normalize(centres.repeat_interleave(40, 0) + 0.05 * torch.randn(200, 16), dim=1)
+    centroids, assign = spherical_kmeans(rows, 5, iterations=20)
+    assert len(centroids) <= 5 and int(assign.max()) < len(centroids)
+    truth = torch.arange(5).repeat_interleave(40)
+    for group in range(5):  # every true group lands in one cluster
+        assert assign[truth == group].unique().numel() == 1
+
+
+def test_negative_bank_draws_distinct_targets_and_near_ones_from_the_own_cluster() -> None:
+    torch.manual_seed(3)
+    centres = F.normalize(torch.randn(6, 10), dim=1)
+    y = F.normalize(centres.repeat_interleave(30, 0) + 0.05 * torch.randn(180, 10), dim=1)
+    bank = NegativeBank(torch.cat([y, y[:20]]), clusters=6)  # 20 duplicated targets
+    assert len(bank) == 180
+    assert bank.uniform(50).shape == (50, 10)
+    near = bank.near(y[:4], 7)  # rows 0-3 belong to centre 0
+    assert near.shape == (28, 10)
+    assert float((near @ centres[0]).min()) > 0.9  # all from centre 0's neighbourhood
+
+
+@pytest.mark.parametrize("config", [{"negatives": 64}, {"hard_negatives": 4, "clusters": 8}])
+def test_bank_negatives_train_and_beat_the_procrustes_start(config: dict) -> None:
+    x, y = anisotropic_pairs(900, seed=3)
+    options = FitOptions(epochs=20, batch_size=128, lr=3e-3)
+    kwargs = {"direction": "backward", "seed": 0, "held_out": (x[600:], y[600:])}
+    fitted = fit_adapter(
+        "contrastive_affine", x[:600], y[:600], options=options, config=config, **kwargs
+    )
+    start = fit_adapter("procrustes", x[:600], y[:600], **kwargs)
+    assert fitted.held_out is not None and start.held_out is not None
+    assert fitted.held_out.recall_at_10 > start.held_out.recall_at_10
+    assert fitted.adapter.bank is not None and len(fitted.adapter.bank) == 600
+    again = fit_adapter(
+        "contrastive_affine", x[:600], y[:600], options=options, config=config, **kwargs
+    )  # seeded: the bank draws are reproducible
+    torch.testing.assert_close(again.adapter.linear.weight, fitted.adapter.linear.weight)
+
+
+@pytest.mark.parametrize("field", ["negatives", "hard_negatives", "clusters"])
+def test_bank_config_is_validated(field: str) -> None:
+    with pytest.raises(InvalidInputError, match=field):
+        build_adapter("contrastive_affine", {"dim_in": 6, "dim_out": 4, field: -1})
