@@ -194,6 +194,14 @@ VARIANTS = {
     ),
     # (a) nonlinear: xW + b + MLP(x), the same InfoNCE loss (compat/contrastive_adapter.py)
     "contrastive_residual": Variant("contrastive_residual", "same", RESIDUAL, INFONCE),
+    # more negatives than the batch: a bank of every distinct (frozen, old-space) training target
+    # (compat/negative_bank.py); 1,024 extra per step, uniform or from each target's own cluster
+    "contrastive_affine+bank": Variant(
+        "contrastive_affine", "same", {**CONTRASTIVE, "negatives": 1024}, INFONCE
+    ),
+    "contrastive_affine+hard": Variant(
+        "contrastive_affine", "same", {**CONTRASTIVE, "hard_negatives": 4}, INFONCE
+    ),
     "procrustes defs only": Variant("procrustes", "defs", {}, FitOptions()),
     "contrastive_affine defs only": Variant("contrastive_affine", "defs", CONTRASTIVE, INFONCE),
     # (d) task-paired query adapters: a separate experiment, each with its old -> old control.
@@ -319,7 +327,14 @@ def anchor_sweep(args: argparse.Namespace, vec: dict[str, Any]) -> dict[int, dic
             anchors = sample_anchors(sub, args.fraction, seed)
             for name, f in fit_variants(anchors, seed, names=args.sweep_recipes).items():
                 cells = test_cells(sub, f["adapter"].bridge())
-                out[size][name].append({**cells, "held_out": f["held_out"], "pairs": f["pairs"]})
+                out[size][name].append(
+                    {
+                        **cells,
+                        "held_out": f["held_out"],
+                        "pairs": f["pairs"],
+                        "seconds": f["seconds"],
+                    }
+                )
     return out
 
 
@@ -593,8 +608,8 @@ def _sweep_table(rows: dict[int, dict[str, list]], reports: Sequence[Any]) -> li
         "Each pool size is split as above (10% held out, the rest sampled per seed); the last size "
         "is the run's own pool (the rows of the table above).",
         "",
-        "| pool synsets | recipe | pairs | test R@10 | gain fraction | held-out R@10 |",
-        "|---|---|---|---|---|---|",
+        "| pool synsets | recipe | pairs | test R@10 | gain fraction | held-out R@10 | fit s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for size in sorted(rows):
         for name, cells in rows[size].items():
@@ -603,7 +618,8 @@ def _sweep_table(rows: dict[int, dict[str, list]], reports: Sequence[Any]) -> li
             ]
             lines.append(
                 f"| {size} | `{name}` | {cells[0]['pairs']} | {stat([c['recall@10'] for c in cells])} "
-                f"| {stat(fractions)} | {stat([c['held_out'] for c in cells])} |"
+                f"| {stat(fractions)} | {stat([c['held_out'] for c in cells])} "
+                f"| {stat([c['seconds'] for c in cells])} |"
             )
     return lines + [""]
 
@@ -675,12 +691,16 @@ def _curves(reports: list[BridgeReport], seeds: list[dict[str, Any]]) -> list[st
         lines[-1] += (
             f"{c.ordering} " + ", ".join("—" if f is None else f"{f:.0%}" for f in reached) + "; "
         )
-    raw = [s["raw_random"].fraction_to_target for s in seeds]
+    raw_reach = [s["raw_random"].fraction_to_target for s in seeds]
     lines[-1] += (
-        "random, raw scores " + ", ".join("—" if f is None else f"{f:.0%}" for f in raw) + "."
+        "random, raw scores " + ", ".join("—" if f is None else f"{f:.0%}" for f in raw_reach) + "."
     )
     return lines + ["", "![curves](text_upgrade_curves.png) ![retention](text_upgrade_retention.png) "
                         "![matrix](text_upgrade_matrix.png)", ""]  # fmt: skip
+
+
+def hours(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds / 3600:.0f} h"
 
 
 def _cost(args: argparse.Namespace, out: dict[str, Any]) -> list[str]:
@@ -693,8 +713,8 @@ def _cost(args: argparse.Namespace, out: dict[str, Any]) -> list[str]:
         f"Measured encoder time (summed over every chunk this run embedded or read back with its "
         f"recorded time): old {1 / vec['old_seconds_per_item']:.1f} texts/s, new "
         f"{1 / vec['new_seconds_per_item']:.1f} texts/s. Backfilling 1M items with the new model: "
-        f"≈ {r.backfill.full_seconds / 3600:.0f} h on this machine; to reach 95%: "
-        + ", ".join(f"{k} {'—' if v is None else f'{v / 3600:.0f} h'}" for k, v in r.backfill.seconds_to_target.items())
+        f"≈ {hours(r.backfill.full_seconds)} on this machine; to reach 95%: "
+        + ", ".join(f"{k} {hours(v)}" for k, v in r.backfill.seconds_to_target.items())
         + ".",
         "",
         f"Fitting on {args.speed_pairs:,} pairs 768 → 384 ({args.threads} thread(s)): {speed}.",
