@@ -7,6 +7,10 @@ the best by held-out paired retrieval: the anchor and held-out counts travel wit
 because a choice made on 200 anchors says less than one made on 20,000.
 
 Scores are measured through ``Adapter.transform`` (the serving path), never the training forward.
+
+Optional class labels (N,) of the paired items reach adapters whose loss uses them (those with a
+true ``uses_labels`` class attribute, e.g. ``lambda_orthogonal``'s supervised terms); the others
+fit exactly as without. An adapter configured with label-only terms refuses to fit without labels.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +117,41 @@ def pair_scores(adapter: Adapter, x: Tensor, y: Tensor, *, chunk: int = 1024) ->
     return PairScores(float(cosine.mean()), hits / len(x), len(x))
 
 
+class _LabelAware(Protocol):
+    """What a label-aware adapter adds (``uses_labels = True``): a labelled loss, a labels hook."""
+
+    def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor: ...
+
+    def prepare_labels(self, y: Tensor, labels: Tensor) -> None: ...
+
+
+def _uses_labels(adapter: Adapter) -> bool:
+    return bool(getattr(adapter, "uses_labels", False))
+
+
+def needs_labels(adapter: Adapter) -> bool:
+    """True when ``adapter``'s configured loss has terms that only labels can define."""
+    return bool(getattr(adapter, "needs_labels", False))
+
+
+def _batch_loss(adapter: Adapter, x: Tensor, y: Tensor, labels: Tensor | None) -> Tensor:
+    if labels is not None and _uses_labels(adapter):
+        return cast(_LabelAware, adapter).training_loss(x, y, labels=labels)
+    return adapter.training_loss(x, y)
+
+
+def _labels(labels: Tensor | None, n: int) -> Tensor | None:
+    if labels is None:
+        return None
+    if labels.ndim != 1 or len(labels) != n or labels.is_floating_point():
+        raise InvalidInputError(
+            f"labels must be an integer tensor of shape ({n},), got {labels.dtype} "
+            f"{tuple(labels.shape)}",
+            fix="pass one class id per pair, aligned with the pairs' rows",
+        )
+    return labels
+
+
 def _pairs(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     x = check_vectors(x, None, "x_source")
     y = check_vectors(y, None, "y_target")
@@ -147,22 +186,32 @@ def fit_adapter(
     seed: int = 0,
     options: FitOptions | None = None,
     held_out: tuple[Tensor, Tensor] | None = None,
+    labels: Tensor | None = None,
 ) -> FitReport:
     """Fit adapter ``key`` on pairs (x_source (N, d_in), y_target (N, d_out)); deterministic per seed.
 
     ``direction`` is recorded, not inferred: backward when x are new-model vectors mapped into the
     old space, forward when x are old vectors mapped into the new one. ``config`` overrides the
     adapter's config fields (not widths or direction). ``held_out`` pairs are scored, never fitted.
+    ``labels`` (N,) int: the pairs' classes, for adapters whose loss uses them (ignored by others).
     """
     options = options or FitOptions()
     x, y = _pairs(x_source, y_target)
+    labels = _labels(labels, len(x))
     if options.normalize:
         x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = build_adapter(key, _config(key, x, y, direction, config or {}))
+        if labels is None and needs_labels(adapter):
+            raise InvalidInputError(
+                f"adapter {key!r} as configured trains on class labels, and none were given",
+                fix="pass labels= (one class id per pair), or fit an unsupervised adapter",
+            )
         adapter.prepare(x, y)
-        losses = [] if adapter.closed_form else _train(adapter, x, y, options, seed)
+        if labels is not None and _uses_labels(adapter):
+            cast(_LabelAware, adapter).prepare_labels(y, labels)
+        losses = [] if adapter.closed_form else _train(adapter, x, y, options, seed, labels)
     adapter.eval()
     held = None
     if held_out is not None:
@@ -173,7 +222,14 @@ def fit_adapter(
     return FitReport(key, adapter, pair_scores(adapter, x, y), held, losses)
 
 
-def _train(adapter: Adapter, x: Tensor, y: Tensor, options: FitOptions, seed: int) -> list[float]:
+def _train(
+    adapter: Adapter,
+    x: Tensor,
+    y: Tensor,
+    options: FitOptions,
+    seed: int,
+    labels: Tensor | None = None,
+) -> list[float]:
     """AdamW + cosine decay on ``adapter.training_loss``; mean loss per epoch."""
     params = [p for p in adapter.parameters() if p.requires_grad]
     if not params:
@@ -192,7 +248,9 @@ def _train(adapter: Adapter, x: Tensor, y: Tensor, options: FitOptions, seed: in
     for _ in range(options.epochs):
         order, total = torch.randperm(len(x), generator=generator), 0.0
         for batch in order.split(options.batch_size):
-            loss = adapter.training_loss(x[batch], y[batch])
+            loss = _batch_loss(
+                adapter, x[batch], y[batch], None if labels is None else labels[batch]
+            )
             if options.contrastive > 0:
                 loss = loss + options.contrastive * info_nce(
                     adapter(x[batch]), y[batch], options.temperature
@@ -224,16 +282,20 @@ def select_adapter(
     configs: dict[str, dict[str, Any]] | None = None,
     options: FitOptions | None = None,
     refit: bool = True,
+    labels: Tensor | None = None,
 ) -> Selection:
     """Fit each candidate on one seeded split of the pairs and keep the best on the held-out part.
 
     Best = highest held-out ``criterion``; then the other score; then the earlier key (the default
     order runs simplest first). With ``refit`` the winner is fitted again on all pairs.
+    ``labels`` (N,): the pairs' classes, passed to label-aware candidates; without them the default
+    candidates leave out adapters that cannot fit unlabelled (listing one in ``keys`` is an error).
     """
     if not 0.0 < holdout < 1.0:
         raise InvalidInputError(f"holdout must be a fraction in (0, 1), got {holdout}")
     x, y = _pairs(x, y)
-    candidates = list(keys) if keys is not None else _default_keys()
+    labels = _labels(labels, len(x))
+    candidates = list(keys) if keys is not None else _default_keys(labelled=labels is not None)
     if not candidates or len(set(candidates)) != len(candidates):
         raise InvalidInputError(f"select_adapter needs distinct candidate keys, got {candidates}")
     if criterion not in ("recall@10", "cosine"):
@@ -254,6 +316,7 @@ def select_adapter(
             seed=seed,
             options=options,
             held_out=(x[held], y[held]),
+            labels=None if labels is None else labels[train],
         )
         for key in candidates
     }
@@ -268,13 +331,27 @@ def select_adapter(
     adapter = reports[best].adapter
     if refit:
         adapter = fit_adapter(
-            best, x, y, direction=direction, config=configs.get(best), seed=seed, options=options
+            best,
+            x,
+            y,
+            direction=direction,
+            config=configs.get(best),
+            seed=seed,
+            options=options,
+            labels=labels,
         ).adapter
     return Selection(best, adapter, criterion, len(train), n_held, reports)
 
 
-def _default_keys() -> list[str]:
+def _default_keys(*, labelled: bool = False) -> list[str]:
+    """Every registered key, DEFAULT_CANDIDATES first; label-only adapters only when ``labelled``."""
     registered = ADAPTERS.keys()
-    return [k for k in DEFAULT_CANDIDATES if k in registered] + [
+    keys = [k for k in DEFAULT_CANDIDATES if k in registered] + [
         k for k in registered if k not in DEFAULT_CANDIDATES
     ]
+    return [k for k in keys if labelled or not _label_only(k)]
+
+
+def _label_only(key: str) -> bool:
+    """Does ``key`` with its default config need labels? (Built at width 2: cheap, never trained.)"""
+    return needs_labels(build_adapter(key, {"dim_in": 2, "dim_out": 2}))

@@ -1,0 +1,118 @@
+"""Label-aware post-hoc fitting: λ-orth's supervised terms, NCA over a bank, labels plumbing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compat.fitting import FitOptions, fit_adapter, select_adapter
+from compat.linear_adapters import neighbourhood_loss, supervised_contrastive
+from compat.metrics import self_retrieval_metrics
+from kernels.errors import InvalidInputError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+OPTS = FitOptions(epochs=30, batch_size=64, lr=1e-2)
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+
+
+def test_supervised_contrastive_against_its_definition() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, c = torch.randn(5, 4, generator=g), torch.randn(7, 4, generator=g)
+    la, lc = torch.tensor([0, 1, 2, 0, 3]), torch.tensor([0, 0, 1, 2, 1, 2, 0])
+    same = la[:, None] == lc[None, :]
+    s = cosines(a, c) / 0.2
+    per_anchor = []
+    for i in range(5):
+        positives = [p for p in range(7) if same[i, p]]
+        if positives:  # anchor 4 (class 3) has none: left out
+            log_z = torch.logsumexp(s[i], dim=0)
+            per_anchor.append(-sum(s[i, p] - log_z for p in positives) / len(positives))
+    expected = float(torch.stack(per_anchor).mean())
+    assert float(supervised_contrastive(a, c, same, 0.2)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_supervised_contrastive_excludes_the_anchor_itself() -> None:
+    g = torch.Generator().manual_seed(1)
+    v, labels = torch.randn(6, 3, generator=g), torch.tensor([0, 0, 1, 1, 1, 2])
+    own = torch.eye(6, dtype=torch.bool)
+    same = labels[:, None] == labels[None, :]
+    s = cosines(v, v) / 0.5
+    per_anchor = []
+    for i in range(5):  # anchor 5 is alone in its class
+        others = [j for j in range(6) if j != i]
+        log_z = torch.logsumexp(s[i, others], dim=0)
+        positives = [p for p in others if labels[p] == labels[i]]
+        per_anchor.append(-sum(s[i, p] - log_z for p in positives) / len(positives))
+    got = supervised_contrastive(v, v, same, 0.5, exclude=own)
+    assert float(got) == pytest.approx(float(torch.stack(per_anchor).mean()), rel=1e-5)
+
+
+def test_neighbourhood_loss_against_its_definition() -> None:
+    g = torch.Generator().manual_seed(2)
+    a, c = torch.randn(4, 5, generator=g), torch.randn(9, 5, generator=g)
+    la, lc = torch.tensor([0, 1, 2, 9]), torch.tensor([0, 1, 1, 2, 0, 2, 2, 1, 0])
+    s = cosines(a, c) / 0.05
+    probs = s.softmax(dim=1)
+    expected = -sum(float(probs[i, lc == la[i]].sum().log()) for i in range(3)) / 3  # 9: none
+    got = neighbourhood_loss(a, c, la[:, None] == lc[None, :], 0.05)
+    assert float(got) == pytest.approx(expected, rel=1e-4)
+
+
+def mistaken_old_model(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paired features of 4 classes: new (n, 10) separates them all; the old model (n, 8) files
+    3/4 of class 3 under class 2, so copying its features (MSE) copies the mistake."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    new = 3 * torch.randn(4, 10, generator=g)[labels] + torch.randn(n, 10, generator=g)
+    filed = labels.clone()
+    filed[(labels == 3) & (torch.arange(n) % 16 != 15)] = 2  # 3 of every 4 class-3 items
+    old = 3 * torch.randn(4, 8, generator=g)[filed] + torch.randn(n, 8, generator=g)
+    return new, old, labels
+
+
+def test_nca_over_the_bank_beats_copying_the_old_features_on_class_top1() -> None:
+    new, old, labels = mistaken_old_model(480, seed=3)
+    fits = {
+        key: fit_adapter(
+            key, new[:320], old[:320], direction="backward", options=OPTS, labels=labels[:320]
+        )
+        for key in ("lambda_orthogonal", "lambda_orthogonal_nca")
+    }
+    top1 = {
+        key: self_retrieval_metrics(r.adapter.transform(new[320:]), old[320:], labels[320:])["top1"]
+        for key, r in fits.items()
+    }
+    assert top1["lambda_orthogonal_nca"] > top1["lambda_orthogonal"] + 0.05
+
+
+def test_unsupervised_fits_ignore_labels_and_label_only_fits_need_them() -> None:
+    new, old, labels = mistaken_old_model(96, seed=4)
+    quick = FitOptions(epochs=2, batch_size=32)
+    with_labels, without = (
+        fit_adapter("lambda_orthogonal", new, old, direction="backward", options=quick, labels=lab)
+        for lab in (labels, None)
+    )
+    assert with_labels.losses == without.losses  # supervised weights 0: labels change nothing
+    for key in ("lambda_orthogonal_supcon", "lambda_orthogonal_nca"):
+        with pytest.raises(InvalidInputError, match="trains on class labels"):
+            fit_adapter(key, new, old, direction="backward", options=quick)
+        fit_adapter(key, new, old, direction="backward", options=quick, labels=labels)
+    with pytest.raises(InvalidInputError, match="labels must be an integer tensor of shape"):
+        fit_adapter("affine", new, old, direction="backward", labels=labels[:5])
+    with pytest.raises(InvalidInputError, match="labels must be an integer tensor"):
+        fit_adapter("affine", new, old, direction="backward", labels=labels.float())
+
+
+def test_select_adapter_offers_label_only_candidates_only_with_labels() -> None:
+    new, old, labels = mistaken_old_model(120, seed=5)
+    quick = FitOptions(epochs=1, batch_size=64)
+    plain = select_adapter(new, old, direction="backward", options=quick, refit=False)
+    assert "lambda_orthogonal_nca" not in plain.reports
+    assert "lambda_orthogonal" in plain.reports
+    keys = ["procrustes", "lambda_orthogonal_nca"]
+    with pytest.raises(InvalidInputError, match="trains on class labels"):
+        select_adapter(new, old, keys, direction="backward", options=quick)
+    labelled = select_adapter(new, old, keys, direction="backward", options=quick, labels=labels)
+    assert set(labelled.reports) == set(keys)
