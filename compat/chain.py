@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from compat.protocol import Run
 
 CHAIN_METHODS = ("bct", "ract", "simplex", "posthoc")
-CHAIN_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal")  # candidates per pair (bounded time)
+CHAIN_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal", "lambda_orthogonal_nca")  # per pair
 
 
 def _version(

@@ -71,8 +71,9 @@ TRAINED = (
     "bct@monarch",
     "bt2@monarch",
 )
-REFINABLE = ("bt2", "oca", "ract")  # the "+posthoc" rows
-REFINE_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal")  # their candidates (bounded time)
+REFINABLE = ("bct", "bt2", "oca", "ract")  # the "+posthoc" rows
+# their candidates (bounded time): the rigid map, the free one, λ-orth plain and label-aware
+REFINE_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal", "lambda_orthogonal_nca")
 METHODS = (*TRAINED, "posthoc", *(f"{m}+posthoc" for m in REFINABLE))
 METRICS = ("top1", "ap")
 BRIDGES = {  # how each trained method's new queries reach the old gallery (Objective.bridge_module)
@@ -107,7 +108,8 @@ class ProtocolConfig(Config):
     chain_methods: tuple[str, ...] = ("bct", "simplex", "posthoc")
     backfill_items: int = 2_000  # query set = gallery of the backfilling curves (first test items)
     backfill_points: int = 11
-    backfill_bridges: tuple[str, ...] = ("posthoc:selected", "bt2")
+    # "fastfill": the old gallery transformed forward (compat/protocol_backfill.py)
+    backfill_bridges: tuple[str, ...] = ("posthoc:selected", "fastfill", "bt2")
 
     def __post_init__(self) -> None:
         for name in (
@@ -309,13 +311,20 @@ def choose_adapter(
     One seeded split of the training images: 80% go to :func:`compat.fitting.select_adapter`, which
     fits every candidate and keeps the best by its paired recall@10; the other 20% choose by the
     protocol's own measure (held-out class top-1, then mAP; ties to the earlier, simpler key), and
-    that winner is refitted on all pairs. Returns (select_adapter's selection, task choice, refit).
+    that winner is refitted on all pairs. Label-aware candidates get the training images' labels.
+    Returns (select_adapter's selection, task choice, refit).
     """
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(run.seed))
     held, kept = order[: len(order) // 5], order[len(order) // 5 :]
     options = FitOptions(epochs=run.config.adapter_epochs)
     pick = select_adapter(
-        source[kept], target[kept], keys, direction="backward", seed=run.seed, options=options
+        source[kept],
+        target[kept],
+        keys,
+        direction="backward",
+        seed=run.seed,
+        options=options,
+        labels=run.y[kept],
     )
 
     def score(key: str) -> tuple[float, float]:
@@ -325,7 +334,7 @@ def choose_adapter(
 
     choice = max(pick.reports, key=score)
     refit = fit_adapter(
-        choice, source, target, direction="backward", seed=run.seed, options=options
+        choice, source, target, direction="backward", seed=run.seed, options=options, labels=run.y
     ).adapter
     return pick, choice, refit
 

@@ -4,12 +4,19 @@ For each bridge row named in ``ProtocolConfig.backfill_bridges`` (e.g. the indep
 selected post-hoc adapter, or BT²), the first ``backfill_items`` test images are both queries and
 gallery (self-match removed). The mixed gallery is scored by :mod:`compat.backfill_curves` (migrated
 items: new query vs new vector; the rest: bridged query vs old vector). The metric is MRR@1 with
-label relevance, which is exactly CMC top-1. Orderings:
+label relevance, which is exactly CMC top-1.
+
+The bridge ``fastfill`` is FastFill's own setting: no backward map at all. The old gallery is
+transformed *forward* into the independent new model's space by a ``forward_mlp`` with the
+uncertainty head (fitted old → new on the training images' paired features), and plain new queries
+search it; migrated items replace their transformed vector by the real new one. Every score lives
+in the new space, so the merge needs no calibration. Orderings:
 
 - ``random`` (seeded), the baseline;
 - ``distance_to_mean``: farthest from their k-means mean in the old space first;
 - ``uncertainty``: FastFill's σ, from a ``forward_mlp`` (old → new, uncertainty head) fitted on the
-  training images' paired features, evaluated on the old gallery vectors.
+  training images' paired features, evaluated on the old gallery vectors (most uncertain first;
+  for ``fastfill`` the very map that transforms the gallery).
 
 The area is FastFill's M̃ (mean over β in [0, 1]); ``fraction_to_target`` is where the curve first
 reaches 95% of the full re-index's top-1.
@@ -33,6 +40,7 @@ from compat.backfill_curves import (
     order_random,
 )
 from compat.fitting import FitOptions, fit_adapter
+from compat.mlp_adapters import ForwardMLPAdapter
 from compat.objectives import new_space_model
 from models.encoders import embed
 
@@ -40,11 +48,16 @@ if TYPE_CHECKING:
     from compat.protocol import Run
 
 METRIC = "mrr@1"  # with label relevance and the self-match removed: CMC top-1
+FASTFILL = "fastfill"  # the forward-transformed gallery's bridge row (no backward map)
 
 
-def _uncertainty(run: Run, row: str, items: int) -> Tensor:
-    """FastFill σ (items,) of the old gallery vectors, from a forward map old → ``row``'s new space."""
-    source = "independent" if row.startswith("posthoc") else row.split("+")[0]
+def _source(row: str) -> str:
+    """The trained new model a bridge row's new space comes from."""
+    return "independent" if row.startswith("posthoc") or row == FASTFILL else row.split("+")[0]
+
+
+def forward_map(run: Run, source: str) -> ForwardMLPAdapter:
+    """FastFill's map old → ``source``'s new space: forward_mlp + uncertainty head, training pairs."""
     encoder, objective = run.trained[source]
     new_train = embed(new_space_model(encoder, objective), run.x)
     report = fit_adapter(
@@ -56,16 +69,33 @@ def _uncertainty(run: Run, row: str, items: int) -> Tensor:
         seed=run.seed,
         options=FitOptions(epochs=run.config.adapter_epochs),
     )
-    return report.adapter.uncertainty(run.old_test[:items])  # type: ignore[operator]
+    assert isinstance(report.adapter, ForwardMLPAdapter)  # the key above builds one
+    return report.adapter
 
 
-def _orders(run: Run, row: str, items: int) -> dict[str, Tensor]:
-    old = run.old_test[:items]
+def _orders(run: Run, sigma: Tensor, items: int) -> dict[str, Tensor]:
+    """Every ordering of the first ``items`` gallery items; ``sigma`` (items,) is FastFill's σ."""
     return {
         "random": order_random(items, seed=run.seed),
-        "distance_to_mean": order_distance_to_mean(old, seed=run.seed),
-        "uncertainty": order_by_uncertainty(_uncertainty(run, row, items)),
+        "distance_to_mean": order_distance_to_mean(run.old_test[:items], seed=run.seed),
+        "uncertainty": order_by_uncertainty(sigma),
     }
+
+
+def _scores(run: Run, row: str, items: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(new/new scores (G, G), scores of the un-migrated items (G, G), σ (G,)) for one bridge row.
+
+    Backward rows: bridged queries against the old vectors. ``fastfill``: plain new queries
+    against the forward-transformed old vectors.
+    """
+    old = run.old_test[:items]
+    fmap = forward_map(run, _source(row))
+    sigma = fmap.uncertainty(old)
+    if row == FASTFILL:
+        new = run.spaces[_source(row)][1][:items]
+        return cosine(new, new), cosine(new, fmap.transform(old)), sigma
+    bridged, new = (t[:items] for t in run.spaces[row])
+    return cosine(new, new), cosine(bridged, old), sigma
 
 
 def backfill_curves(run: Run, say: Any = None) -> dict[str, Any]:
@@ -76,13 +106,11 @@ def backfill_curves(run: Run, say: Any = None) -> dict[str, Any]:
     relevance = Relevance.labels(labels, labels, self_match=True)
     out: dict[str, Any] = {}
     for row in c.backfill_bridges:
-        if row not in run.spaces:
+        if (_source(row) if row == FASTFILL else row) not in run.spaces:
             continue  # its method was not run
-        bridged, new = (t[:items] for t in run.spaces[row])
-        new_scores = cosine(new, new)  # (G, G)
-        bridged_scores = cosine(bridged, run.old_test[:items])
+        new_scores, bridged_scores, sigma = _scores(run, row, items)
         full = evaluate(new_scores, relevance, (1,))[METRIC]
-        orders = _orders(run, row, items)
+        orders = _orders(run, sigma, items)
         out[row] = {
             name: dataclasses.asdict(
                 backfill_curve(

@@ -69,43 +69,68 @@ def backfill_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "### Backfilling (top-1 area over β ∈ [0, 1]; margin = area − random's, same seed)",
         "",
-        "| bridge | ordering | area | margin over random | β reaching 95% of new/new (per seed) |",
-        "|---|---|---|---|---|",
+        "β = 0: the bridge alone; β = 1: the full re-index (mean curves). `fastfill`: the old",
+        "gallery transformed forward into the new space, searched by plain new queries.",
+        "",
+        "| bridge | ordering | area | margin over random | β = 0 | β = 1 "
+        "| β reaching 95% of new/new (per seed) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row, orders in results["backfill"].items():
         for name, s in orders.items():
             reach = ", ".join("never" if r is None else f"{r:.2f}" for r in s["fraction_to_target"])
+            ends = " | ".join(f"{v:.3f}" for v in _ends(s["mean_values"]))
             lines.append(
-                f"| {row} | {name} | {_pm(s['area'])} | {_pm(s['margin_over_random'])} | {reach} |"
+                f"| {row} | {name} | {_pm(s['area'])} | {_pm(s['margin_over_random'])} | {ends} "
+                f"| {reach} |"
             )
     return [*lines, ""]
+
+
+def _ends(values: list[float]) -> tuple[float, float]:
+    return (values[0], values[-1]) if values else (math.nan, math.nan)
+
+
+def _cheapest_gain(summary: dict[str, Any], rows: list[str], name: str) -> list[dict[str, Any]]:
+    """The row with the best top-1 gain among ``rows`` within the tax budget (else among all)."""
+    cheap = [r for r in rows if summary[r]["tax top1"][0] <= MAX_TAX]
+    best = max(cheap or rows, key=lambda r: summary[r]["gain top1"][0], default=None)
+    if best is None:
+        return []
+    g, tax = summary[best]["gain top1"][0], summary[best]["tax top1"][0]
+    return [_target(name, best, g, g >= 0.5 and tax <= MAX_TAX)]
+
+
+def _posthoc_target(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """``posthoc:selected`` (chosen per seed on held-out training images, never on the test set)
+    when it ran; else the best ``posthoc:<key>`` row."""
+    posthoc = [r for r in summary if r.startswith("posthoc:")]
+    best = "posthoc:selected" if "posthoc:selected" in summary else None
+    best = best or max(posthoc, key=lambda r: summary[r]["gain top1"][0], default=None)
+    if best is None:
+        return []
+    g = summary[best]["gain top1"][0]
+    picks = summary[best].get("selected")
+    label = f"{best} ({', '.join(picks)})" if picks else best
+    return [
+        _target("post-hoc adapter (independent models) gain fraction >= 0.9", label, g, g >= 0.9)
+    ]
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured value, the best row and met / missed."""
     summary, out = results["summary"], []
-    trained = [r for r in summary if r in TRAINING_TIME]
-    cheap = [r for r in trained if summary[r]["tax top1"][0] <= MAX_TAX]
-    best_t = max(cheap or trained, key=lambda r: summary[r]["gain top1"][0], default=None)
-    if best_t:
-        g, tax = summary[best_t]["gain top1"][0], summary[best_t]["tax top1"][0]
-        out.append(
-            _target(
-                "training-time gain fraction >= 0.5 (tax <= 1 pt top-1)",
-                best_t,
-                g,
-                g >= 0.5 and tax <= MAX_TAX,
-            )
-        )
-    posthoc = [r for r in summary if r.startswith("posthoc:")]
-    best_p = max(posthoc, key=lambda r: summary[r]["gain top1"][0], default=None)
-    if best_p:
-        g = summary[best_p]["gain top1"][0]
-        out.append(
-            _target(
-                "post-hoc adapter (independent models) gain fraction >= 0.9", best_p, g, g >= 0.9
-            )
-        )
+    out += _cheapest_gain(
+        summary,
+        [r for r in summary if r in TRAINING_TIME],
+        "training-time gain fraction >= 0.5 (tax <= 1 pt top-1)",
+    )
+    out += _cheapest_gain(
+        summary,
+        [r for r in summary if r.endswith("+posthoc")],
+        "training-time + post-hoc refinement: gain >= 0.5 (tax <= 1 pt top-1)",
+    )
+    out += _posthoc_target(summary)
     chains = results["chains"]
     best_c = max(chains, key=lambda m: chains[m]["ac"][0], default=None)
     if best_c:

@@ -60,6 +60,16 @@ def test_neighbourhood_loss_against_its_definition() -> None:
     assert float(got) == pytest.approx(expected, rel=1e-4)
 
 
+def test_losses_give_finite_gradients_when_an_anchor_has_no_positive() -> None:
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(3, 4, generator=g, requires_grad=True)
+    c = torch.randn(5, 4, generator=g)
+    same = torch.tensor([0, 1, 7])[:, None] == torch.tensor([0, 1, 1, 0, 2])[None, :]
+    for loss in (neighbourhood_loss(a, c, same, 0.02), supervised_contrastive(a, c, same, 0.1)):
+        (grad,) = torch.autograd.grad(loss, a)
+        assert torch.isfinite(grad).all() and float(grad[2].abs().sum()) == 0.0
+
+
 def mistaken_old_model(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Paired features of 4 classes: new (n, 10) separates them all; the old model (n, 8) files
     3/4 of class 3 under class 2, so copying its features (MSE) copies the mistake."""

@@ -99,6 +99,7 @@ def _results(cross: float, ac: float, margin: float) -> dict:
         {
             "independent": _cells(0.7, 0.1, 0.9),
             "bt2": _cells(0.7, cross, 0.9),
+            "bt2+posthoc": _cells(0.7, cross, 0.9),
             "posthoc:procrustes": _cells(0.7, 0.8, 0.9),
         }
     ]
@@ -136,6 +137,23 @@ def test_targets_say_met_and_missed() -> None:
     missed = {t["target"]: t["met"] for t in targets(_results(0.69, 2 / 3, 0.04))}
     assert not any(v for k, v in missed.items())
     assert "**MISSED**" in render_tables(_results(0.69, 2 / 3, 0.04))
+
+
+def test_the_post_hoc_target_is_the_held_out_choice_not_the_best_test_row() -> None:
+    results = _results(0.81, 1.0, 0.05)
+    per_seed = [
+        {
+            "independent": _cells(0.7, 0.1, 0.9),
+            "posthoc:affine": _cells(0.7, 0.9, 0.9),  # best on the test set, not chosen
+            "posthoc:selected": {**_cells(0.7, 0.89, 0.9), "selected": "lambda_orthogonal_nca"},
+        }
+    ]
+    results["summary"] = summarise(per_seed)
+    posthoc = next(t for t in targets(results) if t["target"].startswith("post-hoc"))
+    assert posthoc["best"] == "posthoc:selected (lambda_orthogonal_nca)"
+    assert posthoc["value"] == pytest.approx(0.95) and posthoc["met"]
+    combined = [t for t in targets(_results(0.81, 1.0, 0.05)) if "refinement" in t["target"]]
+    assert [t["best"] for t in combined] == ["bt2+posthoc"]
 
 
 def test_backfill_metric_is_cmc_top1() -> None:
