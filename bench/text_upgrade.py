@@ -202,6 +202,16 @@ VARIANTS = {
     "contrastive_affine+hard": Variant(
         "contrastive_affine", "same", {**CONTRASTIVE, "hard_negatives": 4}, INFONCE
     ),
+    # soft targets: the new model's own in-batch similarities, distilled into the bridged logits
+    "contrastive_affine+distill": Variant(
+        "contrastive_affine", "same", {**CONTRASTIVE, "distill": 1.0}, INFONCE
+    ),
+    "contrastive_affine+distill.1": Variant(
+        "contrastive_affine",
+        "same",
+        {**CONTRASTIVE, "distill": 1.0, "distill_temperature": 0.1},
+        INFONCE,
+    ),
     "procrustes defs only": Variant("procrustes", "defs", {}, FitOptions()),
     "contrastive_affine defs only": Variant("contrastive_affine", "defs", CONTRASTIVE, INFONCE),
     # (d) task-paired query adapters: a separate experiment, each with its old -> old control.

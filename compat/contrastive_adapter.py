@@ -18,6 +18,14 @@ last layer starting at zero (so training starts at the Procrustes map). It is no
 ``residual_mlp`` does. ``learn_temperature`` makes τ a trained parameter (log-parametrised,
 starting at ``temperature``) for either adapter.
 
+Soft targets from the new model (``distill`` > 0): the one-hot InfoNCE target teaches the map to
+emulate the old model text by text, which at best reproduces old/old retrieval. The source
+vectors are the new model's own, so the batch also carries the new model's view of which targets
+belong together: softmax_j(cos(x_i, x_j) / ``distill_temperature``) over the batch. ``distill``
+weighs a cross-entropy from those soft targets to the mapped rows' batch logits, so a bridged
+query ranks old vectors as the new model would rank the same texts. No labels: only the anchor
+texts, embedded by both models, as before.
+
 More negatives than the batch (compat/negative_bank.py): the targets are frozen old vectors, so a
 bank of every distinct training target is exact. ``negatives`` draws that many bank rows per step
 (shared by the batch), ``hard_negatives`` draws that many per batch row from its own target's
@@ -59,6 +67,8 @@ class ContrastiveConfig(AdapterConfig):
     negatives: int = 0  # bank rows drawn per step as extra negatives for the whole batch
     hard_negatives: int = 0  # bank rows per batch row from its own target's old-space cluster
     clusters: int = 0  # k-means clusters of the bank for hard_negatives; 0: about sqrt(bank)
+    distill: float = 0.0  # weight of the soft-target term (the new model's in-batch similarities)
+    distill_temperature: float = 0.05  # sharpness of those soft targets
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,6 +76,11 @@ class ContrastiveConfig(AdapterConfig):
         check(self.orthogonality >= 0, f"orthogonality must be >= 0, got {self.orthogonality}")
         check(self.mse >= 0, f"mse must be >= 0, got {self.mse}")
         check(self.init in ("procrustes", "identity"), "init must be procrustes|identity")
+        check(self.distill >= 0, f"distill must be >= 0, got {self.distill}")
+        check(
+            self.distill_temperature > 0,
+            f"distill_temperature must be > 0, got {self.distill_temperature}",
+        )
         for name in ("negatives", "hard_negatives", "clusters"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -99,6 +114,26 @@ def in_batch_info_nce(
     if symmetric:  # the mask is symmetric, so the transpose masks the same duplicates
         loss = (loss + F.cross_entropy(logits.T, labels)) / 2
     return loss
+
+
+def soft_target_loss(
+    source: Tensor, mapped: Tensor, target: Tensor, temperature: float | Tensor, soft: float
+) -> Tensor:
+    """Cross-entropy from the source space's in-batch similarities to the mapped rows' logits.
+
+    (B, d_in), (B, d_out), (B, d_out) -> (). Row i's target distribution is softmax_j(cos(x_i,
+    x_j) / soft); its prediction is softmax_j(cos(mapped_i, y_j) / temperature). Duplicated
+    targets (the same y twice) get their soft mass merged onto row i's own column.
+    """
+    x, m, t = (F.normalize(v, dim=1) for v in (source, mapped, target))
+    with torch.no_grad():
+        p = torch.softmax(x @ x.T / soft, dim=1)  # (B, B)
+        same = (t @ t.T > 1 - 1e-6) & ~torch.eye(len(t), dtype=torch.bool, device=t.device)
+        p = p + torch.diag((p * same).sum(1))  # a duplicate's mass goes to the own column
+        p = p.masked_fill(same, 0.0)
+    logits = (m @ t.T / temperature).masked_fill(same, float("-inf"))  # (B, B)
+    log_q = torch.log_softmax(logits, dim=1).masked_fill(same, 0.0)
+    return -(p * log_q).sum(1).mean()
 
 
 @ADAPTERS.register("contrastive_affine")
@@ -150,6 +185,9 @@ class ContrastiveAffineAdapter(Adapter):
         loss = in_batch_info_nce(
             mapped, y, self.tau(), symmetric=c.symmetric, extra=self.bank_negatives(y)
         )
+        if c.distill > 0:
+            soft = soft_target_loss(x, mapped, y, self.tau(), c.distill_temperature)
+            loss = loss + c.distill * soft
         if c.mse > 0:
             loss = loss + c.mse * (mapped - y).pow(2).sum(dim=1).mean()
         if c.orthogonality > 0:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from compat.adapters import ADAPTERS, build_adapter, load_adapter, save_adapter
-from compat.contrastive_adapter import in_batch_info_nce
+from compat.contrastive_adapter import in_batch_info_nce, soft_target_loss
 from compat.fitting import FitOptions, _default_keys, fit_adapter
 from compat.linear_adapters import orthogonality_gap
 from compat.negative_bank import NegativeBank, spherical_kmeans
@@ -193,3 +193,43 @@ def test_bank_negatives_train_and_beat_the_procrustes_start(config: dict) -> Non
 def test_bank_config_is_validated(field: str) -> None:
     with pytest.raises(InvalidInputError, match=field):
         build_adapter("contrastive_affine", {"dim_in": 6, "dim_out": 4, field: -1})
+
+
+def test_soft_targets_at_a_tiny_temperature_are_the_one_hot_info_nce() -> None:
+    torch.manual_seed(8)
+    x, y = F.normalize(torch.randn(12, 9), dim=1), F.normalize(torch.randn(12, 5), dim=1)
+    mapped = y + 0.3 * torch.randn(12, 5)
+    soft = soft_target_loss(x, mapped, y, 0.1, soft=1e-4)
+    torch.testing.assert_close(soft, in_batch_info_nce(mapped, y, 0.1, symmetric=False))
+    # A softer target spreads mass to the source's neighbours: a different, finite loss.
+    assert torch.isfinite(soft_target_loss(x, mapped, y, 0.1, soft=0.5))
+    assert float(soft_target_loss(x, mapped, y, 0.1, soft=0.5)) != pytest.approx(float(soft))
+
+
+def test_soft_targets_follow_the_source_neighbours_and_handle_duplicate_targets() -> None:
+    """Sources 0 and 1 are near-twins in the source space: a map that puts mapped_0 between
+    targets 0 and 1 costs less under soft targets than one that puts it on a stranger."""
+    torch.manual_seed(9)
+    x = F.normalize(torch.randn(6, 8), dim=1)
+    x[1] = F.normalize(x[0] + 0.05 * torch.randn(8), dim=0)
+    y = torch.eye(6, 6)
+    between, stranger = y.clone(), y.clone()
+    between[0] = F.normalize(y[0] + y[1], dim=0)
+    stranger[0] = F.normalize(y[0] + y[4], dim=0)
+    loss = lambda m: float(soft_target_loss(x, m, y, 0.1, soft=0.2))  # noqa: E731
+    assert loss(between) < loss(stranger)
+    duplicated = y[[0, 0, 1, 2, 3, 4]]  # targets 0 and 1 are one vector
+    assert torch.isfinite(soft_target_loss(x, duplicated, duplicated, 0.1, soft=0.2))
+
+
+def test_distill_trains_and_is_validated() -> None:
+    x, y = anisotropic_pairs(600, seed=3)
+    options = FitOptions(epochs=10, batch_size=100, lr=3e-3)
+    config = {"distill": 1.0, "distill_temperature": 0.1}
+    fitted = fit_adapter(
+        "contrastive_affine", x, y, direction="backward", options=options, config=config
+    )
+    assert fitted.losses[-1] < fitted.losses[0]
+    for field in ("distill", "distill_temperature"):
+        with pytest.raises(InvalidInputError, match=field):
+            build_adapter("contrastive_affine", {"dim_in": 6, "dim_out": 4, field: -1.0})
