@@ -339,6 +339,7 @@ def anchor_sweep(args: argparse.Namespace, vec: dict[str, Any]) -> dict[int, dic
             anchors = sample_anchors(sub, args.fraction, seed)
             for name, f in fit_variants(anchors, seed, names=args.sweep_recipes).items():
                 cells = test_cells(sub, f["adapter"].bridge())
+                log(f"pool {size} seed {seed} {name}: test R@10 {cells['recall@10']:.4f}")
                 out[size][name].append(
                     {
                         **cells,
