@@ -8,7 +8,8 @@ C[i][j] (top-1): version-i queries on the version-j gallery of all test images, 
 - ``simplex``: every version d-Simplex with the same fixed vertices, later ones with HOC against their
   predecessor; no adapter (one shared space).
 - ``posthoc``: every version trained independently; for every pair i > j an adapter v_i → v_j fitted
-  on paired training-image features and chosen by held-out class top-1
+  on paired training-image features (label-aware candidates with their labels) and chosen by
+  held-out class top-1
   (:func:`compat.protocol.choose_adapter`): no composition error accumulates along the chain.
 """
 

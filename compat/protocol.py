@@ -8,10 +8,12 @@ mAP; ECC; gain fraction and tax against the independent new model of the same ar
 Rows beyond the trained methods:
 
 - ``posthoc:<key>``: every registered adapter fitted (``compat.fitting.select_adapter``) from the
-  independent new model's features to the old model's, on training images only; ``posthoc:selected``
-  is the one chosen per seed by held-out paired retrieval, refitted on all pairs.
+  independent new model's features to the old model's, on training images only, label-aware ones
+  (e.g. ``lambda_orthogonal_nca``) with the training images' labels; ``posthoc:paired`` is the one
+  select_adapter keeps by held-out paired recall@10, ``posthoc:selected`` the one chosen per seed
+  by held-out class top-1 (:func:`choose_adapter`), refitted on all pairs.
 - ``<method>+posthoc``: a trained method's new-space features refined by an adapter chosen the same
-  way (training-time method + post-hoc refinement).
+  way among ``REFINE_ADAPTERS`` (training-time method + post-hoc refinement).
 
 Then the chains (:mod:`compat.chain`) and the backfilling curves (:mod:`compat.protocol_backfill`).
 :func:`run_protocol` returns every number as a JSON-ready dict; :mod:`compat.protocol_report`
