@@ -353,5 +353,6 @@ def _default_keys(*, labelled: bool = False) -> list[str]:
 
 
 def _label_only(key: str) -> bool:
-    """Does ``key`` with its default config need labels? (Built at width 2: cheap, never trained.)"""
-    return needs_labels(build_adapter(key, {"dim_in": 2, "dim_out": 2}))
+    """Does ``key``'s default config need labels? (Its config at width 2; no adapter is built.)"""
+    config = ADAPTERS.get(key).config_class(dim_in=2, dim_out=2)
+    return bool(getattr(config, "needs_labels", False))

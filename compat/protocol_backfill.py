@@ -82,14 +82,15 @@ def _orders(run: Run, sigma: Tensor, items: int) -> dict[str, Tensor]:
     }
 
 
-def _scores(run: Run, row: str, items: int) -> tuple[Tensor, Tensor, Tensor]:
+def _scores(
+    run: Run, row: str, items: int, fmap: ForwardMLPAdapter
+) -> tuple[Tensor, Tensor, Tensor]:
     """(new/new scores (G, G), scores of the un-migrated items (G, G), σ (G,)) for one bridge row.
 
     Backward rows: bridged queries against the old vectors. ``fastfill``: plain new queries
-    against the forward-transformed old vectors.
+    against the old vectors transformed by ``fmap`` (the forward map into the row's new space).
     """
     old = run.old_test[:items]
-    fmap = forward_map(run, _source(row))
     sigma = fmap.uncertainty(old)
     if row == FASTFILL:
         new = run.spaces[_source(row)][1][:items]
@@ -105,10 +106,14 @@ def backfill_curves(run: Run, say: Any = None) -> dict[str, Any]:
     labels = run.y_test[:items]
     relevance = Relevance.labels(labels, labels, self_match=True)
     out: dict[str, Any] = {}
+    maps: dict[str, ForwardMLPAdapter] = {}  # one forward map per new space, shared by its rows
     for row in c.backfill_bridges:
-        if (_source(row) if row == FASTFILL else row) not in run.spaces:
+        source = _source(row)
+        if (source if row == FASTFILL else row) not in run.spaces:
             continue  # its method was not run
-        new_scores, bridged_scores, sigma = _scores(run, row, items)
+        if source not in maps:
+            maps[source] = forward_map(run, source)
+        new_scores, bridged_scores, sigma = _scores(run, row, items, maps[source])
         full = evaluate(new_scores, relevance, (1,))[METRIC]
         orders = _orders(run, sigma, items)
         out[row] = {
