@@ -192,3 +192,38 @@ def test_merge_results_of_one_seed_runs() -> None:
     assert merged["seconds"] == 21.0 and merged["wall_seconds"] == 11.0
     with pytest.raises(InvalidInputError, match="repeat"):
         merge_results([part(0, 0.8), part(0, 0.75)])
+
+
+def test_fastfill_searches_the_forward_transformed_gallery_with_plain_new_queries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a perfect forward map (F(old_i) = new_i) every un-migrated item already scores as its
+    new vector would: the curve is flat at the full re-index's top-1 for every ordering."""
+    import compat.protocol_backfill as backfill
+    from compat.metrics import self_retrieval_metrics
+
+    new, labels = _clustered(5, n=120)  # (120, 12)
+    old = torch.randn(120, 6, generator=torch.Generator().manual_seed(6))  # a useless old space
+
+    class PerfectMap:
+        def transform(self, x: torch.Tensor) -> torch.Tensor:  # (G, 6) -> (G, 12)
+            return new[: len(x)]
+
+        def uncertainty(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.arange(len(x), dtype=torch.float32)
+
+    monkeypatch.setattr(backfill, "forward_map", lambda run, source: PerfectMap())
+    config = ProtocolConfig(backfill_items=100, backfill_points=5, backfill_bridges=("fastfill",))
+    run = types.SimpleNamespace(
+        config=config,
+        seed=0,
+        x_test=new,
+        y_test=labels,
+        old_test=old,
+        spaces={"independent": (old, new)},
+    )
+    curves = backfill.backfill_curves(run)["fastfill"]  # type: ignore[arg-type]
+    full = self_retrieval_metrics(new[:100], new[:100], labels[:100])["top1"]
+    assert set(curves) == {"random", "distance_to_mean", "uncertainty"}
+    for curve in curves.values():
+        assert curve["values"] == pytest.approx([full] * 5)
