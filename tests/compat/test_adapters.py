@@ -1,5 +1,9 @@
 """The adapter contract, over every registered adapter, plus the orthogonal adapter's properties."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -168,3 +172,17 @@ def test_any_key_builds_from_a_plain_adapter_config(key: str) -> None:
     foreign = ProcrustesConfig if key != "procrustes" else OrthogonalConfig
     with pytest.raises(InvalidInputError, match=f"adapter '{key}' takes a"):
         build_adapter(key, foreign(dim_in=6, dim_out=5))
+
+
+@pytest.mark.parametrize(
+    "module", ["linear_adapters", "mlp_adapters", "contrastive_adapter", "closed_form"]
+)
+def test_any_adapter_module_imports_first(module: str) -> None:
+    """A fresh interpreter entering compat through an adapter module (not compat.adapters) works."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import compat.{module}"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
