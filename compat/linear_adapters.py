@@ -173,9 +173,8 @@ class LambdaOrthogonalAdapter(Adapter):
         super().__init__()
         self.config = config
         self.linear = identity_linear(config.dim_in, config.dim_out)
-        self._bank: tuple[Tensor, Tensor] | None = (
-            None  # (targets (N, d_out), labels (N,)); unsaved
-        )
+        # (targets (N, d_out), labels (N,)) of the whole fit, set by prepare_labels; never saved
+        self._bank: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
         return self.linear(x)
