@@ -133,6 +133,14 @@ def fit(
         str, typer.Option(help="backward (queries new->old) or forward (gallery old->new).")
     ] = "backward",
     name: Annotated[str | None, typer.Option(help="Adapter name (default FROM-to-TO).")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="The anchors' class labels, int (N,) .npy, if you have them: label-aware "
+            "adapters (lambda_orthogonal_nca, ...) train on them, and the default choice is "
+            "made by held-out class top-1 instead of paired recall."
+        ),
+    ] = None,
     directory: DataDir = DEFAULT_DIR,
     database: Database = None,
     as_json: Json = False,
@@ -140,7 +148,7 @@ def fit(
     """Fit a post-hoc adapter from paired anchor vectors and register it with its held-out scores."""
     from index.context import open_context
     from index.versions import fit_and_register
-    from models.vector_files import load_vectors
+    from models.vector_files import load_labels, load_vectors
 
     ctx = open_context(directory, database)
     result = fit_and_register(
@@ -152,6 +160,7 @@ def fit(
         key=adapter,
         direction=direction,
         name=name,
+        labels=None if labels is None else load_labels(labels),
     )
     emit(
         result,

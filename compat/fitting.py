@@ -25,11 +25,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from compat.adapters import ADAPTERS, Adapter, Direction, build_adapter, no_decay_parameters
+from compat.metrics import self_retrieval_metrics
 from compat.vectors import check_vectors
 from kernels.errors import InvalidInputError
 from models.config import Config, check
 
-Criterion = Literal["recall@10", "cosine"]
+# Held-out scores select_adapter can rank by. "class_top1" needs the pairs' labels: the map that
+# copies the old space most faithfully (best paired recall) also copies the old model's mistakes,
+# so with labels the choice is made on what class retrieval measures (docs/results/compat.md).
+Criterion = Literal["recall@10", "cosine", "class_top1"]
+CRITERIA: tuple[Criterion, ...] = ("recall@10", "cosine", "class_top1")
 # Simplest first: a tie on the criterion goes to the earlier (fewer assumptions, fewer parameters).
 DEFAULT_CANDIDATES = (
     "procrustes",
@@ -75,8 +80,15 @@ class PairScores:
     cosine: float  # mean cos(transform(x_i), y_i)
     recall_at_10: float  # share of i with y_i among the 10 nearest y_j of transform(x_i), ties fail
     n: int
+    # With labels: share of i whose nearest y_j (j != i) under transform(x_i) has x_i's class,
+    # the protocol's new/old CMC top-1 on these pairs; None without labels.
+    class_top1: float | None = None
 
     def get(self, criterion: Criterion) -> float:
+        if criterion == "class_top1":
+            if self.class_top1 is None:
+                raise InvalidInputError("class_top1 was not measured: these pairs had no labels")
+            return self.class_top1
         return self.recall_at_10 if criterion == "recall@10" else self.cosine
 
 
@@ -101,8 +113,11 @@ class Selection:
     reports: dict[str, FitReport]
 
 
-def pair_scores(adapter: Adapter, x: Tensor, y: Tensor, *, chunk: int = 1024) -> PairScores:
-    """Paired cosine and recall@10 of ``adapter.transform(x)`` against the gallery ``y``: (N, ·) each."""
+def pair_scores(
+    adapter: Adapter, x: Tensor, y: Tensor, *, labels: Tensor | None = None, chunk: int = 1024
+) -> PairScores:
+    """Paired cosine and recall@10 of ``adapter.transform(x)`` against the gallery ``y``: (N, ·) each;
+    with ``labels`` (N,) also the class top-1 (self-match removed)."""
     mapped = F.normalize(adapter.transform(x).float(), dim=1)  # (N, dim_out)
     target = F.normalize(y.float(), dim=1)
     cosine = (mapped * target).sum(dim=1)  # (N,)
@@ -114,7 +129,8 @@ def pair_scores(adapter: Adapter, x: Tensor, y: Tensor, *, chunk: int = 1024) ->
         # Ties fail: an item scoring exactly as the true pair counts as ranked above it.
         above = (scores >= own).sum(dim=1) - 1
         hits += int((above < 10).sum())
-    return PairScores(float(cosine.mean()), hits / len(x), len(x))
+    top1 = None if labels is None else self_retrieval_metrics(mapped, target, labels, (1,))["top1"]
+    return PairScores(float(cosine.mean()), hits / len(x), len(x), top1)
 
 
 class _LabelAware(Protocol):
@@ -187,13 +203,15 @@ def fit_adapter(
     options: FitOptions | None = None,
     held_out: tuple[Tensor, Tensor] | None = None,
     labels: Tensor | None = None,
+    held_out_labels: Tensor | None = None,
 ) -> FitReport:
     """Fit adapter ``key`` on pairs (x_source (N, d_in), y_target (N, d_out)); deterministic per seed.
 
     ``direction`` is recorded, not inferred: backward when x are new-model vectors mapped into the
     old space, forward when x are old vectors mapped into the new one. ``config`` overrides the
     adapter's config fields (not widths or direction). ``held_out`` pairs are scored, never fitted.
-    ``labels`` (N,) int: the pairs' classes, for adapters whose loss uses them (ignored by others).
+    ``labels`` (N,) int: the pairs' classes, for adapters whose loss uses them (ignored by others);
+    ``held_out_labels``: the held-out pairs' classes, which add the class top-1 to their scores.
     """
     options = options or FitOptions()
     x, y = _pairs(x_source, y_target)
@@ -218,7 +236,7 @@ def fit_adapter(
         hx, hy = _pairs(*held_out)
         if options.normalize:
             hx, hy = F.normalize(hx, dim=1), F.normalize(hy, dim=1)
-        held = pair_scores(adapter, hx, hy)
+        held = pair_scores(adapter, hx, hy, labels=_labels(held_out_labels, len(hx)))
     return FitReport(key, adapter, pair_scores(adapter, x, y), held, losses)
 
 
@@ -278,7 +296,7 @@ def select_adapter(
     holdout: float = 0.2,
     seed: int = 0,
     direction: Direction,
-    criterion: Criterion = "recall@10",
+    criterion: Criterion | None = None,
     configs: dict[str, dict[str, Any]] | None = None,
     options: FitOptions | None = None,
     refit: bool = True,
@@ -286,8 +304,9 @@ def select_adapter(
 ) -> Selection:
     """Fit each candidate on one seeded split of the pairs and keep the best on the held-out part.
 
-    Best = highest held-out ``criterion``; then the other score; then the earlier key (the default
-    order runs simplest first). With ``refit`` the winner is fitted again on all pairs.
+    Best = highest held-out ``criterion`` (default: ``class_top1`` with labels, else ``recall@10``);
+    then the next score (recall@10, else cosine); then the earlier key (the default order runs
+    simplest first). With ``refit`` the winner is fitted again on all pairs.
     ``labels`` (N,): the pairs' classes, passed to label-aware candidates; without them the default
     candidates leave out adapters that cannot fit unlabelled (listing one in ``keys`` is an error).
     """
@@ -298,8 +317,14 @@ def select_adapter(
     candidates = list(keys) if keys is not None else _default_keys(labelled=labels is not None)
     if not candidates or len(set(candidates)) != len(candidates):
         raise InvalidInputError(f"select_adapter needs distinct candidate keys, got {candidates}")
-    if criterion not in ("recall@10", "cosine"):
-        raise InvalidInputError(f"criterion must be 'recall@10' or 'cosine', got {criterion!r}")
+    criterion = criterion or ("class_top1" if labels is not None else "recall@10")
+    if criterion not in CRITERIA:
+        raise InvalidInputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if criterion == "class_top1" and labels is None:
+        raise InvalidInputError(
+            "criterion 'class_top1' ranks by class retrieval and needs the pairs' labels",
+            fix="pass labels= (one class id per pair), or choose 'recall@10' or 'cosine'",
+        )
     n_held = round(len(x) * holdout)
     if not 2 <= n_held <= len(x) - 2:
         raise InvalidInputError(f"{len(x)} pairs cannot be split {holdout:.0%} held out")
@@ -317,10 +342,11 @@ def select_adapter(
             options=options,
             held_out=(x[held], y[held]),
             labels=None if labels is None else labels[train],
+            held_out_labels=None if labels is None else labels[held],
         )
         for key in candidates
     }
-    other: Criterion = "cosine" if criterion == "recall@10" else "recall@10"
+    other: Criterion = "cosine" if criterion == "recall@10" else "recall@10"  # the tie-breaker
 
     def rank(i: int) -> tuple[float, float, int]:
         scores = reports[candidates[i]].held_out

@@ -327,6 +327,7 @@ def choose_adapter(
         seed=run.seed,
         options=options,
         labels=run.y[kept],
+        criterion="recall@10",  # the paired choice (posthoc:paired); the task choice is below
     )
 
     def score(key: str) -> tuple[float, float]:

@@ -40,11 +40,11 @@ from compat.training import TrainConfig, train
 from index import galleries, versions
 from index.catalog import ModelVersion
 from index.context import Context
-from kernels.errors import ConflictError, CorruptArtifactError, InvalidInputError, NotFoundError
+from kernels.errors import ConflictError, InvalidInputError
 from models.config import Config, check
 from models.datasets import LabelledImages
 from models.encoders import ENCODERS, Encoder, build_encoder, embed
-from models.vector_files import load_vectors
+from models.vector_files import load_labels, load_vectors
 
 Report = Callable[[str, int, int], None]  # (task, done, total): progress for the CLI to draw
 # Objectives whose new space is the encoder's own output and whose bridge is a registered adapter:
@@ -143,14 +143,7 @@ def labelled_arrays(
 
 def load_labelled_files(inputs: Path, labels: Path, *, seed: int = 0) -> LabelledImages:
     """User training data from .npy files: inputs float (N, D), labels int (N,)."""
-    x = load_vectors(inputs)
-    if not labels.is_file() or labels.suffix != ".npy":
-        raise NotFoundError(f"labels file {labels} is not an existing .npy file")
-    try:
-        y = np.load(labels, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise CorruptArtifactError(f"cannot read {labels}: {e}") from e
-    return labelled_arrays(x, y, seed=seed)
+    return labelled_arrays(load_vectors(inputs), load_labels(labels), seed=seed)
 
 
 def fit_compatible(

@@ -198,10 +198,12 @@ def fit_and_register(
     direction: str = "backward",
     name: str | None = None,
     seed: int = 0,
+    labels: Any = None,
 ) -> dict[str, Any]:
     """Fit an adapter on paired vectors (row i = the same item embedded by ``source`` and by
     ``target``) and record it with its held-out scores. ``key=None`` selects the best registered
-    adapter on a held-out 20% of the pairs."""
+    adapter on a held-out 20% of the pairs. ``labels`` (N,) int, the anchors' classes, if known:
+    label-aware adapters train on them and the selection ranks by held-out class top-1."""
     import torch
 
     from compat.fitting import fit_adapter, select_adapter
@@ -211,12 +213,15 @@ def fit_and_register(
         src, dst = get_version(session, source), get_version(session, target)
         x = check_vectors(torch.as_tensor(source_vectors), src.dim, f"{source} anchor vectors")
         y = check_vectors(torch.as_tensor(target_vectors), dst.dim, f"{target} anchor vectors")
+        classes = None if labels is None else torch.as_tensor(labels)
+        options: dict[str, Any] = {"direction": direction, "seed": seed, "labels": classes}
         if key is None:
-            chosen = select_adapter(x, y, direction=direction, seed=seed)  # type: ignore[arg-type]
+            chosen = select_adapter(x, y, **options)
             adapter, metrics = chosen.adapter, _selection_metrics(chosen)
         else:
-            report = fit_adapter(key, x, y, direction=direction, seed=seed)  # type: ignore[arg-type]
+            report = fit_adapter(key, x, y, **options)
             adapter, metrics = report.adapter, {"train_cosine": report.train.cosine}
+        metrics["labelled"] = classes is not None
         record = register_adapter(ctx, session, adapter, src, dst, name=name, metrics=metrics)
         record.fit_size = len(x)
         return {
@@ -233,6 +238,7 @@ def fit_and_register(
 def _selection_metrics(selection: Any) -> dict[str, Any]:
     scores = {
         key: {"cosine": r.held_out.cosine, "recall@10": r.held_out.recall_at_10}
+        | ({} if r.held_out.class_top1 is None else {"class_top1": r.held_out.class_top1})
         for key, r in selection.reports.items()
         if r.held_out is not None
     }

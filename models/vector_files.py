@@ -28,6 +28,21 @@ def load_vectors(path: Path) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
+def load_labels(path: Path) -> np.ndarray:
+    """Class labels, an integer (N,) array from a ``.npy`` file (no pickle), one per vector row."""
+    if not path.is_file() or path.suffix != ".npy":
+        raise NotFoundError(f"labels file {path} is not an existing .npy file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CorruptArtifactError(f"cannot read {path}: {e}") from e
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise InvalidInputError(
+            f"{path} must hold an integer (N,) array of class ids, got {array.dtype} {array.shape}"
+        )
+    return array.astype(np.int64, copy=False)
+
+
 def load_ids(path: Path) -> list[str]:
     """External ids, one per line (UTF-8); blank lines are an error, not skipped, to keep rows aligned."""
     if not path.is_file():

@@ -158,3 +158,32 @@ def test_fit_selects_registers_and_serves_an_adapter(tmp_path) -> None:
         ).stdout.splitlines()
     ]
     assert hits == [f"doc-{i}" for i in range(5)]
+
+
+def test_fit_with_labels_chooses_by_class_top1_and_bad_labels_register_nothing(tmp_path) -> None:
+    data = tmp_path / "data"
+    invoke("init", "--dir", str(data))
+    invoke("models", "add", "a", "--dim", "8", "--dir", str(data))
+    invoke("models", "add", "b", "--dim", "12", "--dir", str(data), "--no-space")
+    rng = np.random.default_rng(1)
+    labels = np.arange(300) % 3
+    old = (3 * rng.normal(size=(3, 8))[labels] + rng.normal(size=(300, 8))).astype(np.float32)
+    new = (3 * rng.normal(size=(3, 12))[labels] + rng.normal(size=(300, 12))).astype(np.float32)
+    np.save(tmp_path / "a.npy", old)
+    np.save(tmp_path / "b.npy", new)
+    np.save(tmp_path / "labels.npy", labels)
+    np.save(tmp_path / "float.npy", labels.astype(np.float32))
+    fit = [
+        "fit", "--from", "b", "--to", "a", "--dir", str(data), "--json",
+        "--source-vectors", str(tmp_path / "b.npy"), "--target-vectors", str(tmp_path / "a.npy"),
+    ]  # fmt: skip
+    bad = runner.invoke(app, [*fit, "--labels", str(tmp_path / "float.npy")])
+    assert bad.exit_code != 0 and "integer (N,) array of class ids" in str(bad.exception)
+    status = json.loads(invoke("status", "--dir", str(data), "--json").stdout)
+    assert status["adapters"] == []  # the refused fit registered nothing
+    out = json.loads(invoke(*fit, "--labels", str(tmp_path / "labels.npy")).stdout)
+    metrics = out["metrics"]
+    assert metrics["criterion"] == "class_top1" and metrics["labelled"] is True
+    assert "lambda_orthogonal_nca" in metrics["held_out"]  # label-aware candidates were fitted
+    best = max(s["class_top1"] for s in metrics["held_out"].values())
+    assert metrics["held_out"][out["kind"]]["class_top1"] == best > 0.9  # separable classes

@@ -126,3 +126,27 @@ def test_select_adapter_offers_label_only_candidates_only_with_labels() -> None:
         select_adapter(new, old, keys, direction="backward", options=quick)
     labelled = select_adapter(new, old, keys, direction="backward", options=quick, labels=labels)
     assert set(labelled.reports) == set(keys)
+
+
+def test_with_labels_select_adapter_ranks_by_held_out_class_top1() -> None:
+    new, old, labels = mistaken_old_model(240, seed=6)
+    keys = ["procrustes", "affine", "lambda_orthogonal_nca"]
+    chosen = select_adapter(
+        new, old, keys, direction="backward", options=OPTS, labels=labels, refit=False
+    )
+    assert chosen.criterion == "class_top1"
+    held = torch.randperm(240, generator=torch.Generator().manual_seed(0))[: chosen.held_out]
+    top1 = {}
+    for key, report in chosen.reports.items():  # brute force on the same held-out split
+        bridged = report.adapter.transform(F.normalize(new[held], dim=1))
+        top1[key] = self_retrieval_metrics(bridged, F.normalize(old[held], dim=1), labels[held])
+        assert report.held_out is not None
+        assert report.held_out.class_top1 == pytest.approx(top1[key]["top1"], abs=1e-6)
+    assert top1[chosen.key]["top1"] == max(m["top1"] for m in top1.values())
+    assert chosen.key == "lambda_orthogonal_nca"  # the map that does not copy the old mistakes
+    paired = select_adapter(
+        new, old, keys, direction="backward", options=OPTS, labels=labels, criterion="recall@10"
+    )
+    assert paired.criterion == "recall@10"
+    with pytest.raises(InvalidInputError, match="needs the pairs' labels"):
+        select_adapter(new, old, keys[:2], direction="backward", criterion="class_top1")
