@@ -5,6 +5,8 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --anchors 18000 --sweep 9000 --sweep-only
     HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --anchors 9000 --lemma-anchors 60000 \
         --sweep-only --sweep-recipes contrastive_affine   # + 60,000 lemma-string anchors
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --anchors 72000 --sweep-only \
+        --sweep-recipes contrastive_affine,contrastive_affine+hard   # round 4: 72,000-synset pool
 
 Task: WordNet synonym set -> its definition (models/text_data.py), Recall/MRR/nDCG@10, cosine.
 2,000 test synsets (with >= 2 lemmas) are both the queries (their synonyms) and the gallery
@@ -14,7 +16,11 @@ a fixed shuffle of those synsets, and each of 3 anchor-sample seeds fits on its 
 of the pool. Adapters map new -> old (backward) so new queries search the untouched old gallery.
 ``--lemma-anchors N`` adds the lemma strings alone of N further synsets (the next ones in the same
 shuffle: never test, never held out) as extra same-text pairs in every fit (MPNet embeds these
-short strings ~6x faster than definitions).
+short strings ~6x faster than definitions). The ``+bank`` / ``+hard`` recipes add InfoNCE
+negatives from a bank of every distinct training target (uniform / from the own target's
+old-space cluster); ``+distill`` adds the new model's in-batch similarities as soft targets
+(compat/contrastive_adapter.py). WordNet has 115,659 synsets outside the test: ``--anchors``
+up to 115,500.
 
 Embeddings are cached per (encoder fingerprint, chunk of texts) under ``.cache/embeddings``
 (git-ignored; models/embedding_cache.py): a rerun re-embeds nothing, a stopped run keeps its
