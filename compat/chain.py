@@ -11,6 +11,8 @@ C[i][j] (top-1): version-i queries on the version-j gallery of all test images, 
   on paired training-image features (label-aware candidates with their labels) and chosen by
   held-out class top-1
   (:func:`compat.protocol.choose_adapter`): no composition error accumulates along the chain.
+- ``bct+posthoc`` / ``ract+posthoc`` (opt-in): versions trained as ``bct`` / ``ract``, queries sent
+  through one direct adapter per pair as in ``posthoc`` (training-time + post-hoc, per pair).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from models.encoders import embed
 if TYPE_CHECKING:
     from compat.protocol import Run
 
-CHAIN_METHODS = ("bct", "ract", "simplex", "posthoc")
+CHAIN_METHODS = ("bct", "ract", "simplex", "posthoc", "bct+posthoc", "ract+posthoc")
 CHAIN_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal", "lambda_orthogonal_nca")  # per pair
 
 
@@ -47,6 +49,7 @@ def _version(
     """Train version v (0-based) of the chain on the classes it sees."""
     from compat.protocol import fit, mlp
 
+    method = method.removesuffix("+posthoc")  # "<m>+posthoc" trains as <m>; "posthoc" independently
     c = run.config
     classes, dim = c.chain[v], c.chain_dims[v]
     torch.manual_seed(run.seed * 100 + v)
@@ -74,7 +77,7 @@ def _queries(
     """Version-i test queries in version j's space: (N_test, d_j)."""
     if method == "simplex" or i == j:
         return embed(new_space_model(*models[i]), run.x_test)
-    if method == "posthoc":
+    if method.endswith("posthoc"):  # one direct adapter per pair, not a composition
         from compat.protocol import choose_adapter
 
         source, target = (embed(new_space_model(*models[k]), run.x) for k in (i, j))

@@ -227,3 +227,17 @@ def test_fastfill_searches_the_forward_transformed_gallery_with_plain_new_querie
     assert set(curves) == {"random", "distance_to_mean", "uncertainty"}
     for curve in curves.values():
         assert curve["values"] == pytest.approx([full] * 5)
+
+
+def test_a_posthoc_chain_trains_its_base_method_and_bridges_each_pair_directly() -> None:
+    """``bct+posthoc`` versions are ``bct``'s (same diagonal); its cross cells use direct adapters."""
+    from compat.chain import chain_matrix
+    from compat.protocol import _prepare
+
+    run = _prepare(ProtocolConfig.quick(), 0)
+    plain, refined = (chain_matrix(run, m) for m in ("bct", "bct+posthoc"))
+    for i in range(3):
+        assert refined[i][i] == pytest.approx(plain[i][i])
+        assert all(math.isnan(v) for v in refined[i][i + 1 :])
+        assert all(0.0 <= v <= 1.0 for v in refined[i][:i])
+    assert refined[2][0] != pytest.approx(plain[2][0])  # not the composed BCT adapters
