@@ -5,42 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from kernels.errors import CorruptArtifactError, InvalidInputError, NotFoundError
 
 
-def load_vectors(path: Path) -> np.ndarray:
-    """A float32 (N, d) array from a ``.npy`` file (loaded without pickle: never executes code)."""
+def _load_npy(path: Path, what: str, ndim: int, kind: DTypeLike, shape: str) -> np.ndarray:
+    """A ``.npy`` array (loaded without pickle: never executes code) of ``ndim`` dims and ``kind``."""
     if not path.is_file():
-        raise NotFoundError(f"vectors file {path} does not exist")
+        raise NotFoundError(f"{what} file {path} does not exist")
     if path.suffix != ".npy":
-        raise InvalidInputError(
-            f"unsupported vectors file {path.name!r}: use a .npy float32 (N, d) array"
-        )
+        raise InvalidInputError(f"unsupported {what} file {path.name!r}: use a .npy {shape} array")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise CorruptArtifactError(f"cannot read {path}: {e}") from e
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+    if array.ndim != ndim or not np.issubdtype(array.dtype, kind):
         raise InvalidInputError(
-            f"{path} must hold a float (N, d) array, got {array.dtype} {array.shape}"
+            f"{path} must hold a {shape} array, got {array.dtype} {array.shape}"
         )
+    return array
+
+
+def load_vectors(path: Path) -> np.ndarray:
+    """A float32 (N, d) array from a ``.npy`` file."""
+    array = _load_npy(path, "vectors", 2, np.floating, "float (N, d)")
     return array.astype(np.float32, copy=False)
 
 
 def load_labels(path: Path) -> np.ndarray:
-    """Class labels, an integer (N,) array from a ``.npy`` file (no pickle), one per vector row."""
-    if not path.is_file() or path.suffix != ".npy":
-        raise NotFoundError(f"labels file {path} is not an existing .npy file")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise CorruptArtifactError(f"cannot read {path}: {e}") from e
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise InvalidInputError(
-            f"{path} must hold an integer (N,) array of class ids, got {array.dtype} {array.shape}"
-        )
-    return array.astype(np.int64, copy=False)
+    """Class labels, one per vector row: an int64 (N,) array from a ``.npy`` file."""
+    return _load_npy(path, "labels", 1, np.integer, "integer (N,) class-id").astype(
+        np.int64, copy=False
+    )
 
 
 def load_ids(path: Path) -> list[str]:

@@ -178,7 +178,7 @@ def test_fit_with_labels_chooses_by_class_top1_and_bad_labels_register_nothing(t
         "--source-vectors", str(tmp_path / "b.npy"), "--target-vectors", str(tmp_path / "a.npy"),
     ]  # fmt: skip
     bad = runner.invoke(app, [*fit, "--labels", str(tmp_path / "float.npy")])
-    assert bad.exit_code != 0 and "integer (N,) array of class ids" in str(bad.exception)
+    assert bad.exit_code != 0 and "integer (N,) class-id array" in str(bad.exception)
     status = json.loads(invoke("status", "--dir", str(data), "--json").stdout)
     assert status["adapters"] == []  # the refused fit registered nothing
     out = json.loads(invoke(*fit, "--labels", str(tmp_path / "labels.npy")).stdout)
