@@ -26,6 +26,7 @@ through its ``default_map``, which ranks exactly there: below environment variab
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -147,3 +148,24 @@ def apply(ctx: Any, explicit: Path | None) -> dict[str, Any]:
     if "kernels" in config:
         os.environ.setdefault("HOTSWAP_KERNELS", str(config["kernels"]))  # the variable wins
     return config
+
+
+def read_object_option(text: str | None, what: str) -> dict[str, Any]:
+    """An option holding a JSON object, or a .json/.toml file of one; {} when not given.
+
+    ``what`` names it in errors ("the encoder config"). An unreadable value is an InvalidInputError.
+    """
+    from kernels.errors import InvalidInputError
+
+    if text is None:
+        return {}
+    path = Path(text)
+    try:
+        if path.suffix == ".toml" and path.is_file():
+            return tomllib.loads(path.read_text(encoding="utf-8"))
+        loaded = json.loads(path.read_text(encoding="utf-8") if path.is_file() else text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise InvalidInputError(f"cannot read {what} {text!r}: {e}") from e
+    if not isinstance(loaded, dict):
+        raise InvalidInputError(f"{what} must be an object, got {loaded!r}")
+    return loaded

@@ -129,6 +129,13 @@ def fit(
     adapter: Annotated[
         str | None, typer.Option(help="Adapter key; default: best on held-out pairs.")
     ] = None,
+    adapter_config: Annotated[
+        str | None,
+        typer.Option(
+            help="The adapter's config fields as a JSON object or a .json/.toml file, with "
+            """--adapter, e.g. '{"hard_negatives": 8}' for contrastive_affine."""
+        ),
+    ] = None,
     direction: Annotated[
         str, typer.Option(help="backward (queries new->old) or forward (gallery old->new).")
     ] = "backward",
@@ -146,10 +153,12 @@ def fit(
     as_json: Json = False,
 ) -> None:
     """Fit a post-hoc adapter from paired anchor vectors and register it with its held-out scores."""
+    from cli.config import read_object_option
     from index.context import open_context
     from index.versions import fit_and_register
     from models.vector_files import load_labels, load_vectors
 
+    config = read_object_option(adapter_config, "the adapter config")
     ctx = open_context(directory, database)
     result = fit_and_register(
         ctx,
@@ -158,6 +167,7 @@ def fit(
         load_vectors(source_vectors),
         load_vectors(target_vectors),
         key=adapter,
+        config=config,
         direction=direction,
         name=name,
         labels=None if labels is None else load_labels(labels),

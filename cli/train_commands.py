@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cli.app import DEFAULT_DIR, Database, DataDir, Json, app, emit
+from cli.config import read_object_option
 
 METRIC_NAMES = (("top1", "top-1"), ("top5", "top-5"), ("ap", "mAP"))
 
@@ -64,7 +63,10 @@ def train(
     if (inputs is None) != (labels is None):
         raise InvalidInputError("--inputs and --labels go together")
     options: dict[str, Any] = {"new": new, "old": old, "encoder": encoder, "seed": seed}
-    options |= {"method": method, "encoder_config": _encoder_config(encoder_config)}
+    options |= {
+        "method": method,
+        "encoder_config": read_object_option(encoder_config, "the encoder config"),
+    }
     config = UpgradeConfig.quick(**options) if quick else UpgradeConfig(epochs=epochs, **options)
     ctx = open_context(directory, database)
     if inputs is not None and labels is not None:
@@ -74,24 +76,6 @@ def train(
     with progress_reporter() as report:
         result = train_upgrade(ctx, config, data, report)
     emit(result, as_json, train_report(result, directory))
-
-
-def _encoder_config(text: str | None) -> dict[str, Any]:
-    """JSON text, or a .json/.toml file; an unreadable one is an InvalidInputError."""
-    from kernels.errors import InvalidInputError
-
-    if text is None:
-        return {}
-    path = Path(text)
-    try:
-        if path.suffix == ".toml" and path.is_file():
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        loaded = json.loads(path.read_text(encoding="utf-8") if path.is_file() else text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InvalidInputError(f"cannot read the encoder config {text!r}: {e}") from e
-    if not isinstance(loaded, dict):
-        raise InvalidInputError(f"the encoder config must be an object, got {loaded!r}")
-    return loaded
 
 
 def train_report(r: dict[str, Any], directory: Path) -> str:

@@ -199,16 +199,23 @@ def fit_and_register(
     name: str | None = None,
     seed: int = 0,
     labels: Any = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit an adapter on paired vectors (row i = the same item embedded by ``source`` and by
     ``target``) and record it with its held-out scores. ``key=None`` selects the best registered
     adapter on a held-out 20% of the pairs. ``labels`` (N,) int, the anchors' classes, if known:
-    label-aware adapters train on them and the selection ranks by held-out class top-1."""
+    label-aware adapters train on them and the selection ranks by held-out class top-1.
+    ``config``: the chosen ``key``'s config fields (e.g. ``{"hard_negatives": 8}``)."""
     import torch
 
     from compat.fitting import fit_adapter, select_adapter
     from compat.vectors import check_vectors
 
+    if config and key is None:
+        raise InvalidInputError(
+            "an adapter config sets one adapter's fields, and no adapter was named",
+            fix="name the adapter (hotswap fit --adapter KEY), or drop the config",
+        )
     with ctx.transaction() as session:
         src, dst = get_version(session, source), get_version(session, target)
         x = check_vectors(torch.as_tensor(source_vectors), src.dim, f"{source} anchor vectors")
@@ -219,7 +226,7 @@ def fit_and_register(
             chosen = select_adapter(x, y, **options)
             adapter, metrics = chosen.adapter, _selection_metrics(chosen)
         else:
-            report = fit_adapter(key, x, y, **options)
+            report = fit_adapter(key, x, y, config=config, **options)
             adapter, metrics = report.adapter, {"train_cosine": report.train.cosine}
         metrics["labelled"] = classes is not None
         record = register_adapter(ctx, session, adapter, src, dst, name=name, metrics=metrics)
@@ -231,6 +238,7 @@ def fit_and_register(
             "source": source,
             "target": target,
             "pairs": len(x),
+            "config": adapter.config.to_dict(),
             "metrics": metrics,
         }
 

@@ -187,3 +187,29 @@ def test_fit_with_labels_chooses_by_class_top1_and_bad_labels_register_nothing(t
     assert "lambda_orthogonal_nca" in metrics["held_out"]  # label-aware candidates were fitted
     best = max(s["class_top1"] for s in metrics["held_out"].values())
     assert metrics["held_out"][out["kind"]]["class_top1"] == best > 0.9  # separable classes
+
+
+def test_fit_adapter_config_sets_the_named_adapters_fields(tmp_path) -> None:
+    data = tmp_path / "data"
+    invoke("init", "--dir", str(data))
+    invoke("models", "add", "a", "--dim", "8", "--dir", str(data))
+    invoke("models", "add", "b", "--dim", "12", "--dir", str(data), "--no-space")
+    np.save(tmp_path / "a.npy", unit_vectors(200, 8, seed=4))
+    np.save(tmp_path / "b.npy", unit_vectors(200, 12, seed=5))
+    fit = [
+        "fit", "--from", "b", "--to", "a", "--dir", str(data), "--json",
+        "--source-vectors", str(tmp_path / "b.npy"), "--target-vectors", str(tmp_path / "a.npy"),
+    ]  # fmt: skip
+    for extra, message in [
+        (["--adapter-config", '{"lam": 0.0}'], "no adapter was named"),
+        (["--adapter", "lambda_orthogonal", "--adapter-config", "[1]"], "must be an object"),
+        (["--adapter", "lambda_orthogonal", "--adapter-config", '{"no_such": 1}'], "no_such"),
+    ]:
+        bad = runner.invoke(app, [*fit, *extra])
+        assert bad.exit_code != 0 and message in str(bad.exception), bad.output
+    status = json.loads(invoke("status", "--dir", str(data), "--json").stdout)
+    assert status["adapters"] == []  # every refused fit registered nothing
+    out = json.loads(
+        invoke(*fit, "--adapter", "lambda_orthogonal", "--adapter-config", '{"lam": 0.5}').stdout
+    )
+    assert out["kind"] == "lambda_orthogonal" and out["config"]["lam"] == 0.5
