@@ -228,7 +228,8 @@ def fit_and_register(
         else:
             report = fit_adapter(key, x, y, config=config, **options)
             adapter, metrics = report.adapter, {"train_cosine": report.train.cosine}
-        metrics["labelled"] = classes is not None
+        if classes is not None:  # shown by `models show`: this fit saw class labels
+            metrics["labelled"] = True
         record = register_adapter(ctx, session, adapter, src, dst, name=name, metrics=metrics)
         record.fit_size = len(x)
         return {
