@@ -56,6 +56,11 @@ class AdapterConfig(Config):
         check(self.dim_in > 0 and self.dim_out > 0, f"adapter widths must be > 0, got {self}")
         check(self.direction in DIRECTIONS, f"direction must be one of {DIRECTIONS}")
 
+    @property
+    def needs_labels(self) -> bool:
+        """True when the configured loss has terms only class labels define (it cannot fit without)."""
+        return False
+
 
 @dataclasses.dataclass(frozen=True)
 class ServingForm:
@@ -77,7 +82,9 @@ class Adapter(nn.Module):
 
     Fitting hooks (used by :func:`compat.fitting.fit_adapter`): :meth:`prepare` sees the paired
     training data once before any gradient step (a data-dependent initialisation, or the whole fit
-    when ``closed_form``); :meth:`training_loss` is what gradient training minimises.
+    when ``closed_form``); :meth:`prepare_labels` sees the pairs' class labels once, when the fit
+    has them; :meth:`training_loss` is what gradient training minimises (labels are the batch's, or
+    None; adapters without label terms ignore them).
     """
 
     key: str
@@ -124,7 +131,10 @@ class Adapter(nn.Module):
     def prepare(self, x: Tensor, y: Tensor) -> None:
         """See the paired data (N, dim_in), (N, dim_out) once before training; default: nothing."""
 
-    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def prepare_labels(self, y: Tensor, labels: Tensor) -> None:
+        """See every training target (N, dim_out) and its class (N,) once; default: nothing."""
+
+    def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         """Mean squared L2 distance between mapped sources and targets: (N, dim_in), (N, dim_out)."""
         return (self(x) - y).pow(2).sum(dim=1).mean()
 

@@ -179,7 +179,7 @@ class ContrastiveAffineAdapter(Adapter):
             parts.append(self.bank.near(y, c.hard_negatives))
         return torch.cat(parts)
 
-    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         c = self.config
         mapped = self(x)  # (B, dim_out)
         loss = in_batch_info_nce(

@@ -8,9 +8,9 @@ because a choice made on 200 anchors says less than one made on 20,000.
 
 Scores are measured through ``Adapter.transform`` (the serving path), never the training forward.
 
-Optional class labels (N,) of the paired items reach adapters whose loss uses them (those with a
-true ``uses_labels`` class attribute, e.g. ``lambda_orthogonal``'s supervised terms); the others
-fit exactly as without. An adapter configured with label-only terms refuses to fit without labels.
+Optional class labels (N,) of the paired items reach every adapter's ``prepare_labels`` and
+``training_loss``; only adapters with label terms (``lambda_orthogonal``'s supervised terms) use
+them, the others fit exactly as without. An adapter configured with label-only terms refuses to fit without labels.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -133,29 +133,6 @@ def pair_scores(
     return PairScores(float(cosine.mean()), hits / len(x), len(x), top1)
 
 
-class _LabelAware(Protocol):
-    """What a label-aware adapter adds (``uses_labels = True``): a labelled loss, a labels hook."""
-
-    def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor: ...
-
-    def prepare_labels(self, y: Tensor, labels: Tensor) -> None: ...
-
-
-def _uses_labels(adapter: Adapter) -> bool:
-    return bool(getattr(adapter, "uses_labels", False))
-
-
-def needs_labels(adapter: Adapter) -> bool:
-    """True when ``adapter``'s configured loss has terms that only labels can define."""
-    return bool(getattr(adapter, "needs_labels", False))
-
-
-def _batch_loss(adapter: Adapter, x: Tensor, y: Tensor, labels: Tensor | None) -> Tensor:
-    if labels is not None and _uses_labels(adapter):
-        return cast(_LabelAware, adapter).training_loss(x, y, labels=labels)
-    return adapter.training_loss(x, y)
-
-
 def _labels(labels: Tensor | None, n: int) -> Tensor | None:
     if labels is None:
         return None
@@ -221,14 +198,14 @@ def fit_adapter(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = build_adapter(key, _config(key, x, y, direction, config or {}))
-        if labels is None and needs_labels(adapter):
+        if labels is None and adapter.config.needs_labels:
             raise InvalidInputError(
                 f"adapter {key!r} as configured trains on class labels, and none were given",
                 fix="pass labels= (one class id per pair), or fit an unsupervised adapter",
             )
         adapter.prepare(x, y)
-        if labels is not None and _uses_labels(adapter):
-            cast(_LabelAware, adapter).prepare_labels(y, labels)
+        if labels is not None:
+            adapter.prepare_labels(y, labels)
         losses = [] if adapter.closed_form else _train(adapter, x, y, options, seed, labels)
     adapter.eval()
     held = None
@@ -266,8 +243,8 @@ def _train(
     for _ in range(options.epochs):
         order, total = torch.randperm(len(x), generator=generator), 0.0
         for batch in order.split(options.batch_size):
-            loss = _batch_loss(
-                adapter, x[batch], y[batch], None if labels is None else labels[batch]
+            loss = adapter.training_loss(
+                x[batch], y[batch], None if labels is None else labels[batch]
             )
             if options.contrastive > 0:
                 loss = loss + options.contrastive * info_nce(
@@ -380,5 +357,4 @@ def _default_keys(*, labelled: bool = False) -> list[str]:
 
 def _label_only(key: str) -> bool:
     """Does ``key``'s default config need labels? (Its config at width 2; no adapter is built.)"""
-    config = ADAPTERS.get(key).config_class(dim_in=2, dim_out=2)
-    return bool(getattr(config, "needs_labels", False))
+    return ADAPTERS.get(key).config_class(dim_in=2, dim_out=2).needs_labels

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -167,7 +167,6 @@ class LambdaOrthogonalAdapter(Adapter):
     key = "lambda_orthogonal"
     config_class = LambdaOrthogonalConfig
     config: LambdaOrthogonalConfig
-    uses_labels: ClassVar[bool] = True  # compat.fitting passes the training labels when it has them
 
     def __init__(self, config: LambdaOrthogonalConfig) -> None:
         super().__init__()
@@ -187,10 +186,6 @@ class LambdaOrthogonalAdapter(Adapter):
     def prepare(self, x: Tensor, y: Tensor) -> None:
         if self.config.init == "procrustes":
             load_procrustes(self.linear, x, y)
-
-    @property
-    def needs_labels(self) -> bool:
-        return self.config.needs_labels
 
     def prepare_labels(self, y: Tensor, labels: Tensor) -> None:
         """See every training target (N, dim_out) and its label once: the bank, with ``bank``."""

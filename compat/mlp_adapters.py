@@ -138,7 +138,7 @@ class ForwardMLPAdapter(Adapter):
         with torch.no_grad():
             return self.sigma(self.body(x.float())).squeeze(1)
 
-    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         hidden = self.body(x)
         loss = (self.out(hidden) - y).pow(2).sum(dim=1)  # ℓ per pair, (N,)
         if self.sigma is None:
