@@ -109,33 +109,28 @@ def test_bad_files_are_refused(deployment, vectors, ids, message) -> None:
     assert s["spaces"][0]["vectors"] == 0  # nothing was ingested
 
 
-def test_fit_selects_registers_and_serves_an_adapter(tmp_path) -> None:
-    """v3 is a rotated, widened copy of v1: the fitted bridge must send v3 queries to v1's items."""
+def fit_b_to_a(tmp_path, a: np.ndarray, b: np.ndarray) -> list[str]:
+    """A data dir with versions a (8-d, with a space) and b (12-d), the anchors a.npy / b.npy
+    saved: the ``hotswap fit`` arguments (b -> a, --json) for them."""
     data = tmp_path / "data"
     invoke("init", "--dir", str(data))
     invoke("models", "add", "a", "--dim", "8", "--dir", str(data))
     invoke("models", "add", "b", "--dim", "12", "--dir", str(data), "--no-space")
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    return [
+        "fit", "--from", "b", "--to", "a", "--dir", str(data), "--json",
+        "--source-vectors", str(tmp_path / "b.npy"), "--target-vectors", str(tmp_path / "a.npy"),
+    ]  # fmt: skip
+
+
+def test_fit_selects_registers_and_serves_an_adapter(tmp_path) -> None:
+    """v3 is a rotated, widened copy of v1: the fitted bridge must send v3 queries to v1's items."""
+    data = tmp_path / "data"
     rng = np.random.default_rng(0)
     old = unit_vectors(400, 8, seed=3)
     rotation = np.linalg.qr(rng.normal(size=(12, 12)))[0][:8]  # (8, 12) orthonormal rows
-    np.save(tmp_path / "a.npy", old)
-    np.save(tmp_path / "b.npy", (old @ rotation).astype(np.float32))
-    out = json.loads(
-        invoke(
-            "fit",
-            "--from",
-            "b",
-            "--to",
-            "a",
-            "--source-vectors",
-            str(tmp_path / "b.npy"),
-            "--target-vectors",
-            str(tmp_path / "a.npy"),
-            "--dir",
-            str(data),
-            "--json",
-        ).stdout
-    )
+    out = json.loads(invoke(*fit_b_to_a(tmp_path, old, (old @ rotation).astype(np.float32))).stdout)
     assert out["direction"] == "backward" and out["pairs"] == 400
     assert max(s["recall@10"] for s in out["metrics"]["held_out"].values()) > 0.95
     (tmp_path / "ids.txt").write_text("\n".join(f"doc-{i}" for i in range(400)))
@@ -162,21 +157,13 @@ def test_fit_selects_registers_and_serves_an_adapter(tmp_path) -> None:
 
 def test_fit_with_labels_chooses_by_class_top1_and_bad_labels_register_nothing(tmp_path) -> None:
     data = tmp_path / "data"
-    invoke("init", "--dir", str(data))
-    invoke("models", "add", "a", "--dim", "8", "--dir", str(data))
-    invoke("models", "add", "b", "--dim", "12", "--dir", str(data), "--no-space")
     rng = np.random.default_rng(1)
     labels = np.arange(300) % 3
     old = (3 * rng.normal(size=(3, 8))[labels] + rng.normal(size=(300, 8))).astype(np.float32)
     new = (3 * rng.normal(size=(3, 12))[labels] + rng.normal(size=(300, 12))).astype(np.float32)
-    np.save(tmp_path / "a.npy", old)
-    np.save(tmp_path / "b.npy", new)
+    fit = fit_b_to_a(tmp_path, old, new)
     np.save(tmp_path / "labels.npy", labels)
     np.save(tmp_path / "float.npy", labels.astype(np.float32))
-    fit = [
-        "fit", "--from", "b", "--to", "a", "--dir", str(data), "--json",
-        "--source-vectors", str(tmp_path / "b.npy"), "--target-vectors", str(tmp_path / "a.npy"),
-    ]  # fmt: skip
     bad = runner.invoke(app, [*fit, "--labels", str(tmp_path / "float.npy")])
     assert bad.exit_code != 0 and "integer (N,) class-id array" in str(bad.exception)
     status = json.loads(invoke("status", "--dir", str(data), "--json").stdout)
@@ -191,15 +178,7 @@ def test_fit_with_labels_chooses_by_class_top1_and_bad_labels_register_nothing(t
 
 def test_fit_adapter_config_sets_the_named_adapters_fields(tmp_path) -> None:
     data = tmp_path / "data"
-    invoke("init", "--dir", str(data))
-    invoke("models", "add", "a", "--dim", "8", "--dir", str(data))
-    invoke("models", "add", "b", "--dim", "12", "--dir", str(data), "--no-space")
-    np.save(tmp_path / "a.npy", unit_vectors(200, 8, seed=4))
-    np.save(tmp_path / "b.npy", unit_vectors(200, 12, seed=5))
-    fit = [
-        "fit", "--from", "b", "--to", "a", "--dir", str(data), "--json",
-        "--source-vectors", str(tmp_path / "b.npy"), "--target-vectors", str(tmp_path / "a.npy"),
-    ]  # fmt: skip
+    fit = fit_b_to_a(tmp_path, unit_vectors(200, 8, seed=4), unit_vectors(200, 12, seed=5))
     for extra, message in [
         (["--adapter-config", '{"lam": 0.0}'], "no adapter was named"),
         (["--adapter", "lambda_orthogonal", "--adapter-config", "[1]"], "must be an object"),
