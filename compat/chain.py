@@ -2,17 +2,19 @@
 
 C[i][j] (top-1): version-i queries on the version-j gallery of all test images, j ≤ i. Methods:
 
-- ``bct`` / ``ract``: v1 plain classification, each later version trained against its predecessor
-  (BCT's class means / RACT's contrastive term) with a jointly trained backward adapter; v_i reaches
-  v_j through the adapters of v_i, v_{i-1}, …, v_{j+1} in turn.
+- ``bct`` / ``ract`` / ``nca``: v1 plain classification, each later version trained against its
+  predecessor (BCT's class means / RACT's contrastive term / NCA over the predecessor's features of
+  the version's training images) with a jointly trained backward adapter; v_i reaches v_j through
+  the adapters of v_i, v_{i-1}, …, v_{j+1} in turn.
 - ``simplex``: every version d-Simplex with the same fixed vertices, later ones with HOC against their
   predecessor; no adapter (one shared space).
 - ``posthoc``: every version trained independently; for every pair i > j an adapter v_i → v_j fitted
   on paired training-image features (label-aware candidates with their labels) and chosen by
   held-out class top-1
   (:func:`compat.protocol.choose_adapter`): no composition error accumulates along the chain.
-- ``bct+posthoc`` / ``ract+posthoc`` (opt-in): versions trained as ``bct`` / ``ract``, queries sent
-  through one direct adapter per pair as in ``posthoc`` (training-time + post-hoc, per pair).
+- ``bct+posthoc`` / ``ract+posthoc`` / ``nca+posthoc`` (opt-in): versions trained as the base
+  method, queries sent through one direct adapter per pair as in ``posthoc`` (training-time +
+  post-hoc, per pair).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from compat.metrics import chain_metrics, self_retrieval_metrics
+from compat.nca_objective import NCAConfig, nca_against
 from compat.objectives import (
     BCT,
     BCTConfig,
@@ -39,7 +42,16 @@ from models.encoders import embed
 if TYPE_CHECKING:
     from compat.protocol import Run
 
-CHAIN_METHODS = ("bct", "ract", "simplex", "posthoc", "bct+posthoc", "ract+posthoc")
+CHAIN_METHODS = (
+    "bct",
+    "ract",
+    "nca",
+    "simplex",
+    "posthoc",
+    "bct+posthoc",
+    "ract+posthoc",
+    "nca+posthoc",
+)
 CHAIN_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal", "lambda_orthogonal_nca")  # per pair
 
 
@@ -66,6 +78,10 @@ def _version(
     if method == "ract":
         ract = RACT(RACTConfig(classes=classes, embed_dim=dim, old_dim=prev_dim))
         return fit(mlp(dim), ract, x, y, seed, c.epochs, [prev_model])
+    if method == "nca":  # the bank: the predecessor's features of this version's training images
+        nca_config = NCAConfig(classes=classes, embed_dim=dim, old_dim=prev_dim)
+        nca, refs = nca_against(prev_model, x, y, nca_config)
+        return fit(mlp(dim), nca, x, y, seed, c.epochs, refs)
     protos = old_prototypes(embed(prev_model, x), y, classes)
     bct = BCT(BCTConfig(classes=classes, embed_dim=dim, old_dim=prev_dim), protos)
     return fit(mlp(dim), bct, x, y, seed, c.epochs)

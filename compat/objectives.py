@@ -20,7 +20,8 @@ teacher's: BT², d-Simplex's HOC, RACT) list them in :meth:`Objective.reference_
 ``compat.references.WithReferences(encoder, refs)``, which appends those features to the encoder's.
 
 Registered keys: ``classification``, ``bct`` (here), ``bt2`` (compat/bt2.py), ``oca`` (compat/oca.py),
-``simplex`` (compat/simplex.py), ``ract`` (compat/ract.py).
+``simplex`` (compat/simplex.py), ``ract`` (compat/ract.py), ``nca`` (compat/nca_objective.py; ours:
+NCA of the bridged new features over every old training vector, for top-1 through the bridge).
 """
 
 from __future__ import annotations
@@ -229,4 +230,4 @@ def old_prototypes(
 
 
 # The other registered objectives; imported last because they subclass Objective (defined above).
-from compat import bt2, oca, ract, simplex  # noqa: E402, F401
+from compat import bt2, nca_objective, oca, ract, simplex  # noqa: E402, F401

@@ -40,6 +40,7 @@ from compat.metrics import (
     self_retrieval_metrics,
     truncate_to_common_width,
 )
+from compat.nca_objective import NCAConfig, nca_against
 from compat.objectives import (
     BCT,
     BCTConfig,
@@ -72,8 +73,9 @@ TRAINED = (
     "independent@monarch",
     "bct@monarch",
     "bt2@monarch",
+    "nca",  # last: METHODS.index seeds each method, so the earlier rows keep their seeds
 )
-REFINABLE = ("bct", "bt2", "oca", "ract")  # the "+posthoc" rows
+REFINABLE = ("bct", "bt2", "oca", "ract", "nca")  # the "+posthoc" rows
 # their candidates (bounded time): the rigid map, the free one, λ-orth plain and label-aware
 REFINE_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal", "lambda_orthogonal_nca")
 METHODS = (*TRAINED, "posthoc", *(f"{m}+posthoc" for m in REFINABLE))
@@ -85,6 +87,7 @@ BRIDGES = {  # how each trained method's new queries reach the old gallery (Obje
     "bt2": "block b = (R_c z)[:64]",
     "bt2_light": "block b = (R_c z)[:64]; λ2 = 1 instead of 10",
     "oca": "first 64 dims of the orthogonal layer",
+    "nca": "orthogonal adapter, trained jointly (NCA over the old training gallery)",
 }
 Cells = dict[str, Any]  # cell name -> metric -> value, plus "bridge"
 Say = Callable[[str], None]
@@ -257,6 +260,10 @@ def _train_method(run: Run, method: str) -> tuple[nn.Module, Objective]:
     if name == "ract":
         objective = RACT(RACTConfig(classes=classes, embed_dim=width, old_dim=c.old_dim))
         return fit(mlp(width, layer), objective, run.x, run.y, seed, c.epochs, [run.old])
+    if name == "nca":
+        config_nca = NCAConfig(classes=classes, embed_dim=width, old_dim=c.old_dim)
+        objective, refs = nca_against(run.old, run.x, run.y, config_nca)
+        return fit(mlp(width, layer), objective, run.x, run.y, seed, c.epochs, refs)
     raise ValueError(f"not a training-time method: {method}")  # guarded by ProtocolConfig
 
 
