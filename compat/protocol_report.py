@@ -10,12 +10,57 @@ import math
 from pathlib import Path
 from typing import Any
 
-from compat.protocol import TRAINED
+from compat.protocol import METRICS, TRAINED
 
 CELLS = ("old/old", "new/old", "new/new")
 # The trained rows that are compatibility methods (the independent models are the baseline).
 TRAINING_TIME = tuple(row for row in TRAINED if not row.startswith("independent"))
 MAX_TAX = 0.01  # issue 3: tax <= 1 point top-1
+_CLASS_MEANS = (
+    "the class-mean influence term pulls bridged queries onto old class means; for classes 5-9, "
+    "unknown to the old model, those sit among other classes' items: mAP up, top-1 down (as BCT "
+    "in the BT² paper; probe: old class means as queries drop top-1 0.809 → 0.705)"
+)
+_MSE = (
+    "fitted by MSE to the old features: reproducing the old embedding reproduces the old model's "
+    "mistakes (top-1 below old/old, mAP passes; the label-aware NCA map fixes this)"
+)
+# Why a row fails the empirical compatibility criterion, from the diagnostics recorded in
+# docs/results/compat.md ("Reading"); issue 3 accepts a failing row when the table says why.
+# Keyed by row name ("@monarch" variants share their method's entry); a row not listed here that
+# fails stays undiagnosed and the target is missed: a new row needs its own measured reason.
+ECC_DIAGNOSES = {
+    "bct": _CLASS_MEANS,
+    "oca": _CLASS_MEANS,
+    "bt2": f"{_CLASS_MEANS}; with λ2 = 1 instead of 10 top-1 rises 0.736 → 0.760 (bt2_light)",
+    "bt2_light": "the class-mean term at λ2 = 1 still costs top-1 (0.760 vs old/old 0.767): a "
+    "seed with less margin fails",
+    "bct_paper": "the paper's old classifier (trained rows for classes 0-4, class means for 5-9): "
+    "the two kinds of row lie at different places on the sphere, so the influence term pulls "
+    "seen-class queries away from where the old gallery lies (docs/results/demo.md)",
+    "simplex": "one fixed-simplex space, no adapter: the old model (classes 0-4) puts its gallery "
+    "items of classes 5-9 next to vertices 0-4 (seed 0: all 1,458, 1,029 at vertex 2) while new "
+    "queries of 5-9 go to their own vertices; seen-class queries then hit those items (seed 0 "
+    "new/old top-1 0.53 vs old/old 0.70 on classes 0-4, 0.30 vs 0.55 on 5-9)",
+    "ract": "its contrastive term matches each item's own old vector, so new/old lands on old/old "
+    "(0.765 vs 0.767) and fails on the seeds where it falls a hair below",
+    "ract+posthoc": "RACT's bridge already is the old geometry: the held-out choice keeps "
+    "Procrustes, new/old stays at old/old level",
+    "posthoc:affine": _MSE,
+    "posthoc:lambda_orthogonal": _MSE,
+    "posthoc:low_rank_affine": _MSE,
+    "posthoc:residual_mlp": _MSE,
+    "posthoc:forward_mlp": _MSE,
+    "posthoc:orthogonal_monarch": "orthogonal blocks + permutations cannot express the 128 → 64 "
+    "rotation this pair needs (0.508 vs dense orthogonal 0.773)",
+    "posthoc:contrastive_affine": "issue 7's map: trained for pair retrieval (find the same item's "
+    "old vector), not class retrieval",
+    "posthoc:contrastive_residual": "issue 7's map: trained for pair retrieval (find the same item's "
+    "old vector), not class retrieval",
+    "posthoc:lambda_orthogonal_supcon": "the paper's SupCon pulls a query towards all of its class "
+    "(its mean): mAP rises, top-1 stays at old/old level",
+    "posthoc:paired": "chosen by held-out paired recall@10, which prefers the MSE maps: " + _MSE,
+}
 
 
 def _pm(value: tuple[float, float] | list[float], digits: int = 3) -> str:
@@ -152,17 +197,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 margin >= 0.045,
             )
         )
-    marketed = [r for r in summary if r not in ("independent", "independent@monarch")]
-    failing = [r for r in marketed if not all(summary[r]["ecc top1"] + summary[r]["ecc ap"])]
+    failing = ecc_failures(summary)
+    unexplained = [row for row, why in failing.items() if why is None]
     out.append(
         _target(
-            "every compatible row passes ECC top-1 and mAP on every seed",
-            ", ".join(failing) or "all",
+            "every compatible row passes ECC top-1 and mAP on every seed, or the table says why not",
+            f"{len(failing)} rows fail, {len(unexplained)} without a diagnosis"
+            + (f" ({', '.join(unexplained)})" if unexplained else ""),
             len(failing),
-            not failing,
+            not unexplained,
         )
     )
     return out
+
+
+def ecc_failures(summary: dict[str, Any]) -> dict[str, str | None]:
+    """Rows (all but the independent baselines) failing ECC on any seed -> their diagnosis or None."""
+    marketed = [r for r in summary if not r.startswith("independent")]
+    failing = [r for r in marketed if not all(summary[r]["ecc top1"] + summary[r]["ecc ap"])]
+    return {row: ECC_DIAGNOSES.get(row.split("@")[0]) for row in failing}
 
 
 def _target(name: str, row: str, value: float, met: bool) -> dict[str, Any]:
@@ -183,10 +236,26 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def ecc_table(results: dict[str, Any]) -> list[str]:
+    """Every row failing ECC on some seed, where it fails and the measured reason why."""
+    summary = results["summary"]
+    lines = [
+        "### Rows failing ECC, and why",
+        "",
+        "| row | top-1 ECC | mAP ECC | why |",
+        "|---|---|---|---|",
+    ]
+    for row, why in ecc_failures(summary).items():
+        flags = (_ecc(summary[row][f"ecc {metric}"]) for metric in METRICS)
+        lines.append(f"| {row} | {' | '.join(flags)} | {why or '**not diagnosed**'} |")
+    return [*lines, ""]
+
+
 def render_tables(results: dict[str, Any]) -> str:
-    """Markdown: targets, one cells table per metric, chains, backfilling areas."""
+    """Markdown: targets, one cells table per metric, ECC failures, chains, backfilling areas."""
     lines = targets_table(results)
     lines += cells_table(results, "top1", "top-1") + cells_table(results, "ap", "mAP")
+    lines += ecc_table(results)
     lines += chain_tables(results) + backfill_table(results)
     return "\n".join(lines)
 

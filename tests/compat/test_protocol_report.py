@@ -1,0 +1,50 @@
+"""The report's ECC rule: a failing row passes the issue's target only with its measured reason."""
+
+from __future__ import annotations
+
+from compat.protocol_report import ECC_DIAGNOSES, ecc_failures, render_tables, targets
+from tests.compat.test_protocol import _cells, _results
+
+
+def _ecc_target(results: dict) -> dict:
+    return next(t for t in targets(results) if t["target"].startswith("every compatible row"))
+
+
+def _with_rows(rows: dict) -> dict:
+    from compat.protocol import summarise
+
+    results = _results(0.81, 1.0, 0.05)
+    results["summary"] = summarise([{"independent": _cells(0.7, 0.1, 0.9), **rows}])
+    return results
+
+
+def test_failing_rows_with_a_diagnosis_are_listed_with_it_and_meet_the_target() -> None:
+    results = _with_rows({"bct": _cells(0.7, 0.65, 0.9), "posthoc:selected": _cells(0.7, 0.8, 0.9)})
+    assert ecc_failures(results["summary"]) == {"bct": ECC_DIAGNOSES["bct"]}
+    target = _ecc_target(results)
+    assert target["met"] and target["value"] == 1
+    assert target["best"] == "1 rows fail, 0 without a diagnosis"
+    table = render_tables(results).split("### Rows failing ECC, and why")[1]
+    assert f"| bct | 0/1 ✗ | 0/1 ✗ | {ECC_DIAGNOSES['bct']} |" in table
+    assert "posthoc:selected" not in table.split("###")[0]  # it passes: not a failure
+
+
+def test_a_failing_row_without_a_diagnosis_misses_the_target() -> None:
+    # posthoc:selected has no recorded reason to fail: a new failure must be diagnosed first
+    results = _with_rows(
+        {"bct@monarch": _cells(0.7, 0.6, 0.9), "posthoc:selected": _cells(0.7, 0.6, 0.9)}
+    )
+    failures = ecc_failures(results["summary"])
+    assert failures == {"bct@monarch": ECC_DIAGNOSES["bct"], "posthoc:selected": None}
+    target = _ecc_target(results)
+    assert (
+        not target["met"]
+        and target["best"] == "2 rows fail, 1 without a diagnosis (posthoc:selected)"
+    )
+    assert "| posthoc:selected | 0/1 ✗ | 0/1 ✗ | **not diagnosed** |" in render_tables(results)
+
+
+def test_the_independent_baselines_are_never_counted() -> None:
+    results = _with_rows({"independent@monarch": _cells(0.7, 0.1, 0.9)})
+    assert ecc_failures(results["summary"]) == {}
+    assert _ecc_target(results)["met"]
