@@ -4,10 +4,10 @@ Both are one projection plus bias once trained, so both serve through ``kernels.
 start from the closed-form Procrustes fit (``init="procrustes"``, the default): a few epochs then
 refine the best rotation instead of first having to find it from noise.
 
-λ-orth's optional supervised terms use the training items' class labels (passed by
-:func:`compat.fitting.fit_adapter`): mapped new vectors must land among same-class *old* vectors
-(cross-model supervised contrastive) and among each other (new→new). Two registered variants
-switch them on and cannot be fitted without labels:
+λ-orth's optional supervised terms (compat/label_terms.py, shared with ``residual_mlp_nca``) use
+the training items' class labels (passed by :func:`compat.fitting.fit_adapter`): mapped new vectors
+must land among same-class *old* vectors (cross-model supervised contrastive) and among each other
+(new→new). Two registered variants switch them on and cannot be fitted without labels:
 
 - ``lambda_orthogonal_supcon``: the paper's terms, SupCon in-batch, τ = 0.1;
 - ``lambda_orthogonal_nca`` (ours): the cross-model term as NCA (−log of the softmax mass on
@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
+from compat.label_terms import LabelAwareAdapter, LabelTermsConfig, SupervisedForm
+
+# Re-exported: their home is compat.label_terms; callers that import them from here keep working.
+from compat.label_terms import neighbourhood_loss as neighbourhood_loss
+from compat.label_terms import supervised_contrastive as supervised_contrastive
 from compat.solvers import procrustes_map
-from kernels.errors import InvalidInputError
 from models.config import check
 
 Init = Literal["procrustes", "identity"]
-SupervisedForm = Literal["supcon", "nca"]
 LAMBDA_AT_512 = 12.0  # λ-orth's tolerance for 512-d maps; scaled ∝ √d for other widths
 
 
@@ -67,34 +69,20 @@ def load_procrustes(linear: nn.Linear, x: Tensor, y: Tensor) -> None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LambdaOrthogonalConfig(AdapterConfig):
+class LambdaOrthogonalConfig(LabelTermsConfig):
+    """λ-orth's own fields; the MSE weight and the paper's supervised terms (SupCon with anchors
+    B(h_new_i) and positives the same-class old vectors, cross-model, and among the mapped vectors,
+    new→new) are :class:`compat.label_terms.LabelTermsConfig`'s."""
+
     lam: float | None = None  # None: 12·√(m/512), m = min(dim_in, dim_out), the Gram's size
     alpha: float = 10.0  # sharpness of the gate σ(α(‖WWᵀ−I‖_F − λ)); ours, not from the paper
     init: Init = "procrustes"
-    mse: float = 1.0  # weight of ‖B(h_src) − h_tgt‖²
-    # λ-orth's supervised terms (weights; 0 = off; either > 0 needs labels): SupCon with anchors
-    # B(h_new_i) and positives the same-class old vectors h_old_j of the batch (cross-model), and
-    # among the mapped vectors themselves (new→new).
-    supervised: float = 0.0
-    supervised_new: float = 0.0
-    temperature: float = 0.1  # of both supervised terms (cosine / τ)
-    supervised_form: SupervisedForm = "supcon"  # of the cross-model term; new→new is SupCon
-    bank: bool = False  # cross-model candidates: every training target, not only the batch's
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.lam is None or self.lam >= 0, f"lam must be >= 0, got {self.lam}")
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
         check(self.init in ("procrustes", "identity"), "init must be procrustes|identity")
-        weights = (self.mse, self.supervised, self.supervised_new)
-        check(min(weights) >= 0, f"mse, supervised, supervised_new must be >= 0: {self}")
-        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        forms = get_args(SupervisedForm)
-        check(self.supervised_form in forms, f"supervised_form must be one of {forms}")
-
-    @property
-    def needs_labels(self) -> bool:
-        return self.supervised > 0 or self.supervised_new > 0
 
     @property
     def tolerance(self) -> float:
@@ -102,47 +90,6 @@ class LambdaOrthogonalConfig(AdapterConfig):
         if self.lam is not None:
             return self.lam
         return LAMBDA_AT_512 * math.sqrt(min(self.dim_in, self.dim_out) / 512)
-
-
-def supervised_contrastive(
-    anchors: Tensor,
-    candidates: Tensor,
-    same: Tensor,
-    temperature: float,
-    exclude: Tensor | None = None,
-) -> Tensor:
-    """SupCon (Khosla et al. 2020): anchors (B, d), candidates (C, d), same (B, C) bool -> ().
-
-    Loss of anchor i: −mean over positives p (same[i, p]) of log softmax_c(cos(a_i, c) / τ)[p],
-    the softmax over every candidate not in ``exclude`` (B, C) (e.g. the anchor itself); the mean
-    is over anchors with at least one positive.
-    """
-    logits = F.normalize(anchors, dim=1) @ F.normalize(candidates, dim=1).T / temperature
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, float("-inf"))
-        same = same & ~exclude
-    log_prob = logits.log_softmax(dim=1).masked_fill(~same, 0.0)  # (B, C), no -inf left
-    counts = same.sum(dim=1)  # (B,)
-    has = counts > 0
-    if not bool(has.any()):
-        return anchors.sum() * 0.0  # no positive pair in the batch: nothing to learn, still a graph
-    return -(log_prob.sum(dim=1)[has] / counts[has]).mean()
-
-
-def neighbourhood_loss(
-    anchors: Tensor, candidates: Tensor, same: Tensor, temperature: float
-) -> Tensor:
-    """NCA (Goldberger et al. 2004): −mean_i log Σ_{p: same[i, p]} softmax_c(cos(a_i, c) / τ)[p].
-
-    anchors (B, d), candidates (C, d), same (B, C) bool -> (); anchors without a positive are
-    left out. At a low τ it rewards the nearest candidate being same-class, which is CMC top-1.
-    """
-    logits = F.normalize(anchors, dim=1) @ F.normalize(candidates, dim=1).T / temperature
-    has = same.any(dim=1)
-    if not bool(has.any()):
-        return anchors.sum() * 0.0
-    positive = torch.logsumexp(logits.masked_fill(~same, float("-inf"))[has], dim=1)
-    return (torch.logsumexp(logits[has], dim=1) - positive).mean()
 
 
 def orthogonality_gap(weight: Tensor) -> Tensor:
@@ -153,7 +100,7 @@ def orthogonality_gap(weight: Tensor) -> Tensor:
 
 
 @ADAPTERS.register("lambda_orthogonal")
-class LambdaOrthogonalAdapter(Adapter):
+class LambdaOrthogonalAdapter(LabelAwareAdapter):
     """λ-orthogonal affine map B(h) = W h + b: free, pulled towards orthogonality only past λ.
 
     Loss: ‖B(h_src) − h_tgt‖² + σ(α(‖WWᵀ−I‖_F − λ))·‖WWᵀ−I‖_F. The gate leaves W free while it is
@@ -172,8 +119,6 @@ class LambdaOrthogonalAdapter(Adapter):
         super().__init__()
         self.config = config
         self.linear = identity_linear(config.dim_in, config.dim_out)
-        # (targets (N, d_out), labels (N,)) of the whole fit, set by prepare_labels; never saved
-        self._bank: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # (N, dim_in) -> (N, dim_out)
         return self.linear(x)
@@ -187,41 +132,11 @@ class LambdaOrthogonalAdapter(Adapter):
         if self.config.init == "procrustes":
             load_procrustes(self.linear, x, y)
 
-    def prepare_labels(self, y: Tensor, labels: Tensor) -> None:
-        """See every training target (N, dim_out) and its label once: the bank, with ``bank``."""
-        self._bank = (y.detach(), labels) if self.config.bank else None
-
     def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         """x (B, dim_in) new, y (B, dim_out) old, labels (B,) int or None."""
-        c = self.config
         mapped = self(x)  # (B, dim_out)
-        loss = c.mse * (mapped - y).pow(2).sum(dim=1).mean() + self.penalty()
-        if not c.needs_labels:
-            return loss
-        if labels is None:
-            raise InvalidInputError(
-                f"adapter {self.key!r} has supervised terms (supervised={c.supervised}, "
-                f"supervised_new={c.supervised_new}) and needs the pairs' class labels",
-                fix="pass labels= to fit_adapter / select_adapter, or set both weights to 0",
-            )
-        same = labels[:, None] == labels[None, :]  # (B, B): item j is a positive of anchor i
-        if c.supervised > 0:
-            loss = loss + c.supervised * self._cross_model(mapped, y, labels, same)
-        if c.supervised_new > 0:
-            own = torch.eye(len(mapped), dtype=torch.bool, device=mapped.device)
-            new_new = supervised_contrastive(mapped, mapped, same, c.temperature, exclude=own)
-            loss = loss + c.supervised_new * new_new
-        return loss
-
-    def _cross_model(self, mapped: Tensor, y: Tensor, labels: Tensor, same: Tensor) -> Tensor:
-        """Mapped new vectors (B, d_out) against old candidates: the batch's, or the whole bank."""
-        c = self.config
-        if self._bank is not None:
-            y, bank_labels = self._bank  # (N, d_out), (N,)
-            same = labels[:, None] == bank_labels[None, :]  # (B, N)
-        if c.supervised_form == "nca":
-            return neighbourhood_loss(mapped, y, same, c.temperature)
-        return supervised_contrastive(mapped, y, same, c.temperature)
+        loss = self.config.mse * (mapped - y).pow(2).sum(dim=1).mean() + self.penalty()
+        return self.add_label_terms(loss, mapped, y, labels)
 
     def serving_form(self) -> ServingForm:
         return affine_serving_form(self.linear)

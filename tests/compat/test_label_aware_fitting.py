@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from compat.fitting import FitOptions, fit_adapter, select_adapter
-from compat.linear_adapters import neighbourhood_loss, supervised_contrastive
+from compat.label_terms import neighbourhood_loss, supervised_contrastive
 from compat.metrics import self_retrieval_metrics
 from kernels.errors import InvalidInputError
 
