@@ -1,4 +1,5 @@
-"""Nonlinear adapters: residual MLP (Drift-Adapter) and the FCT / FastFill forward MLP.
+"""Nonlinear adapters: residual MLP (Drift-Adapter), its label-aware NCA variant (ours) and the
+FCT / FastFill forward MLP.
 
 Neither is one projection, so ``serving_form()`` is None and they serve through their module
 (``Adapter.bridge()``), which L2-normalizes the output rows.
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from compat.adapters import ADAPTERS, Adapter, AdapterConfig, Direction
+from compat.label_terms import LabelAwareAdapter, LabelTermsConfig, SupervisedForm
 from compat.solvers import procrustes_map
 from kernels.errors import InvalidInputError
 from models.config import check
@@ -87,6 +89,35 @@ class ResidualMLPAdapter(Adapter):
 
     def serving_form(self) -> None:
         return None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResidualMLPNCAConfig(ResidualMLPConfig, LabelTermsConfig):
+    # lambda_orthogonal_nca's label term: NCA over every old training vector, τ 0.02
+    supervised: float = 1.0
+    supervised_form: SupervisedForm = "nca"
+    bank: bool = True
+    temperature: float = 0.02
+
+
+@ADAPTERS.register("residual_mlp_nca")
+class ResidualMLPNCAAdapter(LabelAwareAdapter, ResidualMLPAdapter):
+    """``residual_mlp`` trained like ``lambda_orthogonal_nca`` (ours): MSE + NCA over the old bank.
+
+    The linear skip starts at the Procrustes fit and the MLP at zero, so the map starts as a rigid
+    rotation and the label term can bend it where no linear map separates the classes; no
+    orthogonality penalty (the MLP is not a matrix). Needs labelled pairs.
+    """
+
+    key = "residual_mlp_nca"
+    config_class = ResidualMLPNCAConfig
+    config: ResidualMLPNCAConfig
+
+    def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
+        """x (B, dim_in) new, y (B, dim_out) old, labels (B,) int or None."""
+        mapped = self(x)  # (B, dim_out)
+        loss = self.config.mse * (mapped - y).pow(2).sum(dim=1).mean()
+        return self.add_label_terms(loss, mapped, y, labels)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -175,7 +175,8 @@ def test_any_key_builds_from_a_plain_adapter_config(key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["linear_adapters", "mlp_adapters", "contrastive_adapter", "closed_form"]
+    "module",
+    ["linear_adapters", "mlp_adapters", "label_terms", "contrastive_adapter", "closed_form"],
 )
 def test_any_adapter_module_imports_first(module: str) -> None:
     """A fresh interpreter entering compat through an adapter module (not compat.adapters) works."""

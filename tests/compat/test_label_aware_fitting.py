@@ -105,7 +105,7 @@ def test_unsupervised_fits_ignore_labels_and_label_only_fits_need_them() -> None
         for lab in (labels, None)
     )
     assert with_labels.losses == without.losses  # supervised weights 0: labels change nothing
-    for key in ("lambda_orthogonal_supcon", "lambda_orthogonal_nca"):
+    for key in ("lambda_orthogonal_supcon", "lambda_orthogonal_nca", "residual_mlp_nca"):
         with pytest.raises(InvalidInputError, match="trains on class labels"):
             fit_adapter(key, new, old, direction="backward", options=quick)
         fit_adapter(key, new, old, direction="backward", options=quick, labels=labels)
@@ -120,6 +120,7 @@ def test_select_adapter_offers_label_only_candidates_only_with_labels() -> None:
     quick = FitOptions(epochs=1, batch_size=64)
     plain = select_adapter(new, old, direction="backward", options=quick, refit=False)
     assert "lambda_orthogonal_nca" not in plain.reports
+    assert "residual_mlp_nca" not in plain.reports
     assert "lambda_orthogonal" in plain.reports
     keys = ["procrustes", "lambda_orthogonal_nca"]
     with pytest.raises(InvalidInputError, match="trains on class labels"):
