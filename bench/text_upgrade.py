@@ -57,11 +57,11 @@ from compat.backfill_curves import (  # noqa: E402
     evaluate,
     order_random,
 )
+from compat.calibration import rank_matched_calibration  # noqa: E402
 from compat.fitting import FitOptions, fit_adapter  # noqa: E402
 from compat.query_fusion import choose_alpha  # noqa: E402
 from compat.verdict import BridgeReport, bridge_or_backfill, rerank_metrics  # noqa: E402
 from index.plots import plot_report  # noqa: E402
-from index.search import fit_calibration  # noqa: E402
 from kernels.errors import MissingExtraError  # noqa: E402
 from models.embedding_cache import cached_encode  # noqa: E402
 from models.loaders import PretrainedEncoder, load_sentence_transformer  # noqa: E402
@@ -385,13 +385,13 @@ def anchor_calibration(anchors: Anchors, bridge: Any, queries: int = 1000) -> An
 
     Pseudo-queries: the first ``queries`` training lemma strings; items: every training definition.
     Each query's j-th best bridged score is paired with its j-th best new/new score
-    (index.search.fit_calibration, what mixed-version serving uses).
+    (compat.calibration.rank_matched_calibration, what mixed-version serving uses).
     """
     t = anchors.train
     q = t["new_lem"][:queries]
-    native = torch.sort(cosine(q, t["new_def"]), dim=1).values  # (P, A)
-    bridged = torch.sort(cosine(bridge(q), t["old_def"]), dim=1).values
-    fitted = fit_calibration(bridged.double().numpy().ravel(), native.double().numpy().ravel())
+    native = cosine(q, t["new_def"]).double().numpy()  # (P, A)
+    bridged = cosine(bridge(q), t["old_def"]).double().numpy()
+    fitted = rank_matched_calibration(bridged, native)
     return lambda scores: torch.from_numpy(fitted(scores.double().numpy())).float()
 
 

@@ -4,7 +4,9 @@ A mixed gallery holds, for each item, either its new-model vector (migrated) or 
 It is scored densely, as mixed-version search serves it: a migrated item is scored by the new
 query against its new vector, any other item by the bridged query (backward adapter applied to the
 new query) against its old vector, and the two kinds are merged by score. At fraction 0 this is the
-bridge alone; at fraction 1 it is the full re-index (new/new).
+bridge alone; at fraction 1 it is the full re-index (new/new). The merge can be calibrated per
+fraction as serving calibrates it per migration wave (:func:`wave_calibration`): bridged scores are
+mapped onto the native scale by a monotone map fitted on the items migrated so far.
 
 Orderings (which items to re-embed first), each a permutation of gallery positions:
 
@@ -21,17 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from compat.calibration import rank_matched_calibration
 from compat.metrics import curve_area
 from compat.relevance_metrics import relevance_metrics
 from kernels.errors import InvalidInputError
 
 Ordering = Literal["random", "distance_to_mean", "uncertainty"]
+# migrated (G,) bool -> a monotone map of bridged scores onto the native scale, fitted for that wave
+WaveCalibration = Callable[[Tensor], Callable[[Tensor], Tensor]]
 ORDERINGS: tuple[Ordering, ...] = ("random", "distance_to_mean", "uncertainty")
 
 
@@ -71,6 +77,41 @@ def mixed_scores(
 ) -> Tensor:  # (Q, G), (Q, G), (G,) bool -> (Q, G)
     """Mixed-version scores: new/new where the item is migrated, bridged/old elsewhere."""
     return torch.where(migrated[None, :], new_scores, bridged_scores)
+
+
+def wave_calibration(
+    new_scores: Tensor,
+    bridged_scores: Tensor,
+    *,
+    queries: int = 256,
+    items: int = 2000,
+    seed: int = 0,
+) -> WaveCalibration:
+    """Serving's per-wave calibration (``index.search.measure_calibration``) for a gallery that is
+    its own query set: new_scores (G, G) new item vs new item, bridged_scores (G, G) bridged new
+    item vs old item. For a wave, pseudo-queries and items are sampled among the migrated items
+    (they have both vectors), a query's own item excluded; labels are never used.
+    """
+    if new_scores.shape != bridged_scores.shape or new_scores.shape[0] != new_scores.shape[1]:
+        raise InvalidInputError(
+            f"wave_calibration needs two (G, G) self-retrieval score matrices, got "
+            f"{tuple(new_scores.shape)} and {tuple(bridged_scores.shape)}"
+        )
+
+    def for_wave(migrated: Tensor) -> Callable[[Tensor], Tensor]:
+        moved = migrated.nonzero().flatten()
+        g = torch.Generator().manual_seed(seed)
+        shared = moved[torch.randperm(len(moved), generator=g)[:items]].sort().values
+        probes = moved[torch.randperm(len(moved), generator=g)[:queries]].sort().values
+        own = (probes[:, None] == shared[None, :]).numpy()
+        native = new_scores[probes][:, shared].double().numpy()  # (P, I)
+        bridged = bridged_scores[probes][:, shared].double().numpy()
+        fitted = rank_matched_calibration(
+            np.where(own, -np.inf, bridged), np.where(own, -np.inf, native)
+        )
+        return lambda scores: torch.from_numpy(fitted(scores.double().numpy())).to(scores.dtype)
+
+    return for_wave
 
 
 def evaluate(scores: Tensor, relevance: Relevance, ks: Sequence[int] = (10,)) -> dict[str, float]:
@@ -164,10 +205,13 @@ def backfill_curve(
     metric: str = "recall@10",
     points: int = 11,
     target: float,
+    calibration: WaveCalibration | None = None,
 ) -> Curve:
     """Score the mixed gallery after re-embedding the first β of ``order``, β on ``points`` even steps.
 
     new_scores (Q, G): new queries vs new gallery; bridged_scores (Q, G): bridged queries vs old.
+    ``calibration``: bridged scores go through the map it fits for each β's migrated items
+    (None: raw scores are merged).
     """
     if not 2 <= points <= 101:
         raise InvalidInputError(f"a backfilling curve takes 2..101 points, got {points}")
@@ -180,7 +224,8 @@ def backfill_curve(
     for beta in fractions:
         migrated = torch.zeros(g, dtype=torch.bool)
         migrated[order[: round(beta * g)]] = True
-        scores = mixed_scores(new_scores, bridged_scores, migrated)
+        bridged = bridged_scores if calibration is None else calibration(migrated)(bridged_scores)
+        scores = mixed_scores(new_scores, bridged, migrated)
         values.append(evaluate(scores, relevance, (k,))[metric])
     reach = fraction_reaching(fractions, values, target)
     return Curve(ordering, metric, fractions, values, curve_area(fractions, values), reach, target)

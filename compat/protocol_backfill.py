@@ -3,8 +3,10 @@
 For each bridge row named in ``ProtocolConfig.backfill_bridges`` (e.g. the independent model with its
 selected post-hoc adapter, or BT²), the first ``backfill_items`` test images are both queries and
 gallery (self-match removed). The mixed gallery is scored by :mod:`compat.backfill_curves` (migrated
-items: new query vs new vector; the rest: bridged query vs old vector). The metric is MRR@1 with
-label relevance, which is exactly CMC top-1.
+items: new query vs new vector; the rest: bridged query vs old vector), the bridged scores
+calibrated per backfill fraction as serving calibrates them per migration wave
+(:func:`compat.backfill_curves.wave_calibration`: a monotone map fitted on the migrated items, no
+labels). The metric is MRR@1 with label relevance, which is exactly CMC top-1.
 
 The bridge ``fastfill`` is FastFill's own setting: no backward map at all. The old gallery is
 transformed *forward* into the independent new model's space by a ``forward_mlp`` with the
@@ -38,6 +40,7 @@ from compat.backfill_curves import (
     order_by_uncertainty,
     order_distance_to_mean,
     order_random,
+    wave_calibration,
 )
 from compat.fitting import FitOptions, fit_adapter
 from compat.mlp_adapters import ForwardMLPAdapter
@@ -116,6 +119,10 @@ def backfill_curves(run: Run, say: Any = None) -> dict[str, Any]:
         new_scores, bridged_scores, sigma = _scores(run, row, items, maps[source])
         full = evaluate(new_scores, relevance, (1,))[METRIC]
         orders = _orders(run, sigma, items)
+        # one space for fastfill; backward rows merge two scales, calibrated as serving does
+        calibration = (
+            None if row == FASTFILL else wave_calibration(new_scores, bridged_scores, seed=run.seed)
+        )
         out[row] = {
             name: dataclasses.asdict(
                 backfill_curve(
@@ -127,6 +134,7 @@ def backfill_curves(run: Run, say: Any = None) -> dict[str, Any]:
                     metric=METRIC,
                     points=c.backfill_points,
                     target=0.95 * full,
+                    calibration=calibration,
                 )
             )
             for name in ORDERINGS

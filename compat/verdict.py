@@ -12,7 +12,7 @@ backward adapter (new -> old), :func:`bridge_or_backfill` measures every option 
 - backfilling curves (see :mod:`compat.backfill_curves`), the fraction of backfill after which the
   mixed gallery reaches ``target_retention`` × new/new, and its cost in encoder seconds. A mixed
   gallery merges bridged and new/new scores, which live on different scales; ``calibration`` (a
-  monotone map of bridged scores onto the new/new scale, e.g. ``index.search.fit_calibration``
+  monotone map of bridged scores onto the new/new scale, e.g. ``compat.calibration.rank_matched_calibration``
   fitted on anchor pairs) is applied to the bridged scores before they are merged. It changes no
   ranking of the bridge alone, only how bridged and migrated items interleave.
 

@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from compat.adapters import Bridge
+from compat.calibration import IDENTITY, Calibration, rank_matched_calibration
 from compat.vectors import check_vectors
 from index.catalog import EmbeddingSpace, Item, ItemAccess, ItemEmbedding, ModelVersion, utcnow
 from index.context import Context
@@ -50,59 +51,13 @@ def read_only(ctx: Context) -> Iterator[Session]:
 
 CALIBRATION_QUERIES = 256  # pseudo-queries sampled from the native space
 CALIBRATION_ITEMS = 2000  # items held in both spaces, sampled
-MIN_CALIBRATION_PAIRS = 200  # fewer (query, item) pairs: keep raw scores
-
-
-@dataclasses.dataclass(frozen=True)
-class Calibration:
-    """A monotone map from a bridged space's scores to the query version's native scale.
-
-    Method: items a migration has moved still have their old vector in the source space and now
-    have a new one, so for pseudo-queries q (vectors sampled from the native space: the query
-    distribution, for galleries that are queried with their own kind of content) the same pair
-    (q, item) has a bridged score b and a native score n. Per query, the j-th best bridged score
-    is paired with the j-th best native score (rank matching: what an item ranked j-th scores
-    natively); the map is the binned mean of those pairs, bins on quantiles of b that get finer
-    towards the top (where rankings are decided), made monotone, extended with slope 1. It is measured per searcher snapshot,
-    i.e. per migration wave, because the mismatch depends on the models and on what has moved.
-    Without enough shared items (no migration yet) it is the identity: ``calibrated`` = ``score``.
-    """
-
-    x: np.ndarray  # (b,) increasing bridged-score knots
-    y: np.ndarray  # (b,) non-decreasing native-score values at the knots
-    pairs: int  # (query, item) pairs it was fitted on
-
-    def __call__(self, scores: np.ndarray) -> np.ndarray:
-        if len(self.x) == 0:
-            return scores
-        inside = np.interp(scores, self.x, self.y)
-        below = self.y[0] + (scores - self.x[0])
-        above = self.y[-1] + (scores - self.x[-1])
-        return np.where(scores < self.x[0], below, np.where(scores > self.x[-1], above, inside))
-
-
-IDENTITY = Calibration(np.empty(0), np.empty(0), 0)
-
-
-def fit_calibration(bridged: np.ndarray, native: np.ndarray, bins: int = 24) -> Calibration:
-    """bridged, native (P,): scores of the same (query, item) pairs in the two spaces."""
-    bridged, native = np.ravel(bridged), np.ravel(native)
-    if len(bridged) < MIN_CALIBRATION_PAIRS:
-        return IDENTITY
-    order = np.argsort(bridged, kind="stable")
-    b, n = bridged[order], native[order]
-    levels = np.concatenate([[0.0], 1.0 - np.geomspace(1.0, 1e-3, bins)[1:], [1.0]])
-    edges = np.unique((levels * len(b)).astype(int))
-    x = np.array([b[lo:hi].mean() for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
-    y = np.array([n[lo:hi].mean() for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
-    x, first = np.unique(x, return_index=True)  # strictly increasing knots for interp
-    return Calibration(x, np.maximum.accumulate(y[first]), len(b))
 
 
 def measure_calibration(
     native: GalleryStore, native_ids: np.ndarray, old: GalleryStore, bridge: Bridge, seed: int = 0
 ) -> Calibration:
-    """Fit a bridged space's calibration on the items both spaces hold (see :class:`Calibration`).
+    """Fit a bridged space's calibration per snapshot (i.e. per migration wave) on the items both
+    spaces hold (see :class:`compat.calibration.Calibration`).
     native_ids: the ids ``native`` answers for."""
     shared = np.intersect1d(native_ids, old.ids())
     if len(shared) < 2:
@@ -113,14 +68,8 @@ def measure_calibration(
     q = native.vectors(probes)  # (P, d_new): pseudo-queries in the query version's space
     n = q @ native.vectors(items).T  # (P, I)
     b = bridge(torch.from_numpy(q)).numpy() @ old.vectors(items).T  # (P, d_old) @ (d_old, I)
-    own = probes[:, None] == items[None, :]  # a query's own item is no evidence: sorted last
-    b, n = np.where(own, -np.inf, b), np.where(own, -np.inf, n)
-    # Pair each query's j-th best bridged score with its j-th best native score: the native score
-    # an item ranked j-th would get. Pairing by item instead fits E[n | b], which shrinks towards
-    # the mean and ranks confident bridged hits too low when native scores are more spread.
-    b, n = np.sort(b, axis=1), np.sort(n, axis=1)
-    keep = np.isfinite(b) & np.isfinite(n)
-    return fit_calibration(b[keep], n[keep])
+    own = probes[:, None] == items[None, :]  # a query's own item is no evidence
+    return rank_matched_calibration(np.where(own, -np.inf, b), np.where(own, -np.inf, n))
 
 
 @dataclasses.dataclass(frozen=True)

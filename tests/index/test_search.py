@@ -8,9 +8,10 @@ import torch
 from sqlalchemy import select
 
 from compat.adapters import build_adapter
+from compat.calibration import fit_calibration
 from index import galleries, migrate, versions
 from index.catalog import ItemAccess
-from index.search import MERGE_POLICIES, MixedSearcher, fit_calibration
+from index.search import MERGE_POLICIES, MixedSearcher
 from index.serving import SearcherPool
 from kernels.errors import DirectionError, InvalidInputError, NotFoundError
 from tests.index.fixtures import NEW_DIM, OLD_DIM, new_deployment, unit_vectors
