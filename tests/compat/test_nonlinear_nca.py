@@ -29,11 +29,23 @@ def xor_pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return new, old, labels
 
 
-def held_out_top1(key: str, new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor) -> float:
+def held_out_top1(
+    key: str,
+    new: torch.Tensor,
+    old: torch.Tensor,
+    labels: torch.Tensor,
+    config: dict[str, float] | None = None,
+) -> float:
     """Fit ``key`` on the first 2/3 of the pairs, new/old class top-1 on the rest."""
     cut = 2 * len(new) // 3
     fitted = fit_adapter(
-        key, new[:cut], old[:cut], direction="backward", options=OPTS, labels=labels[:cut]
+        key,
+        new[:cut],
+        old[:cut],
+        direction="backward",
+        config=config,
+        options=OPTS,
+        labels=labels[:cut],
     ).adapter
     bridged = fitted.transform(new[cut:])
     return self_retrieval_metrics(bridged, old[cut:], labels[cut:])["top1"]
@@ -42,7 +54,11 @@ def held_out_top1(key: str, new: torch.Tensor, old: torch.Tensor, labels: torch.
 def test_nca_term_beats_copying_the_old_features_on_class_top1() -> None:
     new, old, labels = mistaken_old_model(480, seed=4)
     mse_only = held_out_top1("residual_mlp", new, old, labels)
-    assert held_out_top1("residual_mlp_nca", new, old, labels) > mse_only + 0.05
+    # MSE weight 1 (lambda_orthogonal_nca's balance), not the default 4 tuned on Fashion-MNIST:
+    # here the MSE targets are wrong for most of class 3, so a heavier MSE fights the label term
+    # (seeds 3-6 at weight 1: +0.07 to +0.20 over MSE alone; at weight 4 two of them lose).
+    nca = held_out_top1("residual_mlp_nca", new, old, labels, {"mse": 1.0})
+    assert nca > mse_only + 0.05
 
 
 def test_the_mlp_fixes_what_no_linear_map_can() -> None:
