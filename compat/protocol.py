@@ -87,7 +87,7 @@ BRIDGES = {  # how each trained method's new queries reach the old gallery (Obje
     "bt2": "block b = (R_c z)[:64]",
     "bt2_light": "block b = (R_c z)[:64]; λ2 = 1 instead of 10",
     "oca": "first 64 dims of the orthogonal layer",
-    "nca": "orthogonal adapter, trained jointly (NCA over the old training gallery)",
+    "nca": "orthogonal adapter 160 → 64, trained jointly (NCA over the old training gallery)",
 }
 Cells = dict[str, Any]  # cell name -> metric -> value, plus "bridge"
 Say = Callable[[str], None]
@@ -104,7 +104,7 @@ class ProtocolConfig(Config):
     old_classes: int = 5
     old_dim: int = 64
     new_dim: int = 128
-    extra_dims: int = 32  # BT²'s a and OCA's k
+    extra_dims: int = 32  # BT²'s a, OCA's k and nca's added width
     # Monarch rows are opt-in (methods=METHODS): the shared 2-core machine cannot afford them here.
     methods: tuple[str, ...] = tuple(m for m in METHODS if not m.endswith("@monarch"))
     adapter_epochs: int = 15  # gradient-fitted post-hoc adapters (15: bounded runtime)
@@ -260,10 +260,11 @@ def _train_method(run: Run, method: str) -> tuple[nn.Module, Objective]:
     if name == "ract":
         objective = RACT(RACTConfig(classes=classes, embed_dim=width, old_dim=c.old_dim))
         return fit(mlp(width, layer), objective, run.x, run.y, seed, c.epochs, [run.old])
-    if name == "nca":
-        config_nca = NCAConfig(classes=classes, embed_dim=width, old_dim=c.old_dim)
+    if name == "nca":  # BT²'s added width: with 128 alone the bridge costs 1.5 pt of new/new
+        wide = width + c.extra_dims
+        config_nca = NCAConfig(classes=classes, embed_dim=wide, old_dim=c.old_dim)
         objective, refs = nca_against(run.old, run.x, run.y, config_nca)
-        return fit(mlp(width, layer), objective, run.x, run.y, seed, c.epochs, refs)
+        return fit(mlp(wide, layer), objective, run.x, run.y, seed, c.epochs, refs)
     raise ValueError(f"not a training-time method: {method}")  # guarded by ProtocolConfig
 
 
