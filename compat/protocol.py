@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from compat.adapters import Adapter
+from compat.chain import CHAIN_METHODS
 from compat.fitting import FitOptions, Selection, fit_adapter, select_adapter
 from compat.metrics import (
     compatibility_tax,
@@ -130,6 +131,8 @@ class ProtocolConfig(Config):
         check(min(self.epochs, self.old_epochs, self.adapter_epochs) >= 1, f"epochs >= 1: {self}")
         unknown = sorted(set(self.methods) - set(METHODS))
         check(not unknown, f"unknown methods {unknown}; known: {METHODS}")
+        unknown = sorted(set(self.chain_methods) - set(CHAIN_METHODS))  # else trained as BCT
+        check(not unknown, f"unknown chain methods {unknown}; known: {CHAIN_METHODS}")
         check(
             len(self.chain) == len(self.chain_dims) >= 2, "chain and chain_dims: same length >= 2"
         )

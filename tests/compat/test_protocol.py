@@ -28,6 +28,17 @@ def test_config_refuses_a_method_without_its_reference_model() -> None:
         ProtocolConfig(methods=("independent", "bt2+posthoc"))
     with pytest.raises(InvalidInputError, match="unknown methods"):
         ProtocolConfig(methods=("bcd",))
+    with pytest.raises(InvalidInputError, match="'nca'"):
+        ProtocolConfig(methods=("independent", "nca+posthoc"))
+
+
+def test_config_refuses_an_unknown_chain_method() -> None:
+    with pytest.raises(InvalidInputError, match=r"unknown chain methods \['nce'\]"):
+        ProtocolConfig(chain_methods=("nce",))
+    assert ProtocolConfig(chain_methods=("nca", "nca+posthoc")).chain_methods == (
+        "nca",
+        "nca+posthoc",
+    )
 
 
 def _clustered(seed: int, n: int = 600, d: int = 12, classes: int = 4) -> tuple[torch.Tensor, ...]:
