@@ -17,7 +17,8 @@ The registered adapters live in small modules imported at the bottom of this one
 - ``orthogonal`` (here), ``orthogonal_monarch`` (compat/monarch_adapter.py): exactly orthogonal maps;
 - ``procrustes``, ``affine`` (compat/closed_form.py): closed-form fits on paired anchors;
 - ``lambda_orthogonal``, ``low_rank_affine`` (compat/linear_adapters.py): gradient-trained linear maps;
-- ``residual_mlp``, ``forward_mlp`` (compat/mlp_adapters.py): nonlinear maps, no serving form;
+- ``residual_mlp``, ``residual_mlp_nca``, ``forward_mlp`` (compat/mlp_adapters.py): nonlinear maps, no
+  serving form (label terms shared in compat/label_terms.py);
 - ``contrastive_affine`` (compat/contrastive_adapter.py): an affine map trained with in-batch InfoNCE.
 """
 

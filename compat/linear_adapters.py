@@ -27,10 +27,6 @@ from torch import Tensor, nn
 
 from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
 from compat.label_terms import LabelAwareAdapter, LabelTermsConfig, SupervisedForm
-
-# Re-exported: their home is compat.label_terms; callers that import them from here keep working.
-from compat.label_terms import neighbourhood_loss as neighbourhood_loss
-from compat.label_terms import supervised_contrastive as supervised_contrastive
 from compat.solvers import procrustes_map
 from models.config import check
 

@@ -3,7 +3,7 @@
 L = CE(head(φ_new)) + λ·NCA(B(φ_new), bank, labels, τ) [+ μ·‖B̂(φ_new) − φ_old(x)‖²], with B a
 backward adapter trained jointly (as BCT's) and the bank the old model's features of *every*
 training image with their class labels (a buffer, as BCT's prototypes). NCA is
-:func:`compat.linear_adapters.neighbourhood_loss`: −log of the softmax mass (cosine / τ) that a
+:func:`compat.label_terms.neighbourhood_loss`: −log of the softmax mass (cosine / τ) that a
 bridged query puts on same-class old vectors.
 
 Why not BCT's, OCA's or RACT's influence term: they pull a bridged query towards its class's old
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compat.adapters import Adapter, AdapterConfig, build_adapter
-from compat.linear_adapters import neighbourhood_loss
+from compat.label_terms import neighbourhood_loss
 from compat.objectives import OBJECTIVES, CosineClassifier, Objective, ObjectiveConfig
 from kernels.errors import InvalidInputError
 from models.config import check

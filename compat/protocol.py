@@ -111,7 +111,7 @@ class ProtocolConfig(Config):
     adapter_epochs: int = 15  # gradient-fitted post-hoc adapters (15: bounded runtime)
     chain: tuple[int, ...] = (4, 7, 10)  # classes seen by each version of the chain
     chain_dims: tuple[int, ...] = (64, 96, 128)
-    chain_methods: tuple[str, ...] = ("bct", "simplex", "posthoc")
+    chain_methods: tuple[str, ...] = ("bct", "simplex", "posthoc", "nca")
     backfill_items: int = 2_000  # query set = gallery of the backfilling curves (first test items)
     backfill_points: int = 11
     # "fastfill": the old gallery transformed forward (compat/protocol_backfill.py)

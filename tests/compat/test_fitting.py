@@ -132,7 +132,7 @@ def test_select_adapter_picks_procrustes_on_rotated_data() -> None:
     assert selection.key == "procrustes"
     assert (selection.anchors, selection.held_out) == (180, 60)
     # every registered candidate by default, except those that only fit labelled pairs
-    label_only = {"lambda_orthogonal_supcon", "lambda_orthogonal_nca"}
+    label_only = {"lambda_orthogonal_supcon", "lambda_orthogonal_nca", "residual_mlp_nca"}
     assert set(selection.reports) == set(ADAPTERS.keys()) - label_only
     assert all(r.held_out is not None and r.held_out.n == 60 for r in selection.reports.values())
     # refit on all 240 pairs: the returned map is the full-data Procrustes fit

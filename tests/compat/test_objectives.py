@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compat.bt2 import BT2, BT2Config
-from compat.linear_adapters import neighbourhood_loss
+from compat.label_terms import neighbourhood_loss
 from compat.nca_objective import NCA, NCAConfig
 from compat.objectives import (
     BCT,
