@@ -33,7 +33,7 @@ def train(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="Compatibility objective: bct or ract (with --old).")
+        str, typer.Option(help="Compatibility objective: bct, ract or nca (with --old).")
     ] = "bct",
     dataset: Annotated[
         str, typer.Option(help="fashion-mnist, digits or auto, unless --inputs is given.")

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from compat.adapters import Adapter
 from compat.metrics import compatible, self_retrieval_metrics
+from compat.nca_objective import NCAConfig, nca_against
 from compat.objectives import (
     BCT,
     OBJECTIVES,
@@ -50,7 +51,7 @@ Report = Callable[[str, int, int], None]  # (task, done, total): progress for th
 # Objectives whose new space is the encoder's own output and whose bridge is a registered adapter:
 # what the catalog can serve today. BT²/OCA/d-Simplex embed through an extra module (see
 # compat.objectives), which a model version cannot hold yet.
-UPGRADE_METHODS = ("bct", "ract")
+UPGRADE_METHODS = ("bct", "ract", "nca")
 
 
 class StageClock:
@@ -179,11 +180,15 @@ def fit_compatible(
         )
         ract_config = RACTConfig(classes=classes, embed_dim=encoder.embed_dim, old_dim=old_dim)
         objective, model = RACT(ract_config), WithReferences(encoder, [old])
+    elif method == "nca":  # NCA over the old model's features of every training input
+        nca_config = NCAConfig(classes=classes, embed_dim=encoder.embed_dim, old_dim=old_dim)
+        objective, references = nca_against(old, x, y, nca_config)
+        model = WithReferences(encoder, references) if references else encoder
     else:
         raise InvalidInputError(f"method {method!r} is not one of {UPGRADE_METHODS}")
     train(model, objective, x, y, config, progress)
     bridge = objective.bridge_module()
-    assert isinstance(bridge, Adapter)  # both methods above train one; a bug otherwise
+    assert isinstance(bridge, Adapter)  # every method above trains one; a bug otherwise
     return bridge
 
 

@@ -52,20 +52,35 @@ def test_first_version_then_upgrade(trained) -> None:
     assert [(a["name"], a["direction"]) for a in status["adapters"]] == [("v2-to-v1", "backward")]
 
 
-def test_registered_artifacts_reproduce_the_reported_cell(trained) -> None:
-    """Reload v1, v2 and the adapter from the catalog: the new/old cell comes out the same."""
-    data, _, second = trained
+def _served_new_old_cell(data, new_name: str) -> dict[str, float]:
+    """Reload v1, ``new_name`` and its adapter from the catalog; score the new/old cell."""
     ctx = open_context(data)
     test = load_dataset("fashion-mnist")
     x, y = torch.from_numpy(test.test_x[:500]), torch.from_numpy(test.test_y[:500])
     with ctx.transaction() as session:
-        old, new = versions.get_version(session, "v1"), versions.get_version(session, "v2")
+        old, new = versions.get_version(session, "v1"), versions.get_version(session, new_name)
         v1, v2 = versions.load_version_encoder(ctx, old), versions.load_version_encoder(ctx, new)
         adapter = versions.query_adapter(ctx, session, new, old)
     with torch.no_grad():
         bridged = F.normalize(adapter(embed(v2, x)), dim=1)
-    cell = self_retrieval_metrics(bridged, embed(v1, x), y)
-    assert cell == pytest.approx(second["cells"]["new/old"], abs=1e-6)
+    return self_retrieval_metrics(bridged, embed(v1, x), y)
+
+
+def test_registered_artifacts_reproduce_the_reported_cell(trained) -> None:
+    """Reload v1, v2 and the adapter from the catalog: the new/old cell comes out the same."""
+    data, _, second = trained
+    assert _served_new_old_cell(data, "v2") == pytest.approx(second["cells"]["new/old"], abs=1e-6)
+
+
+def test_nca_upgrade_is_registered_and_served(trained) -> None:
+    """--method nca: the jointly trained backward adapter is registered and serves the cell."""
+    data = trained[0]
+    common = ("--dir", str(data), "--quick", "--json", "--dataset", "fashion-mnist")
+    result = hotswap("train", "--old", "v1", "--new", "v5", "--method", "nca", *common)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["method"], out["adapter"]) == ("nca", "v5-to-v1")
+    assert _served_new_old_cell(data, "v5") == pytest.approx(out["cells"]["new/old"], abs=1e-6)
 
 
 def test_models_show(trained) -> None:
