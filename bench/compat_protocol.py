@@ -31,16 +31,17 @@ compat_chains.png (the chains' compatibility matrices) and compat_backfill.png (
 Protocol (compat/protocol.py): Fashion-MNIST, first 10,000 training images (fitting) and first
 3,000 test images (query set = gallery, self-match removed), cosine, CMC top-1 and mAP over the
 full ranking. Old model: MLP 784→256→64 on classes 0-4 (3 epochs). New models on all 10 classes
-(3 epochs): MLP 784→512→128 (Monarch variants `@monarch` are opt-in). Gain fraction and tax are per
-seed against the independent new model of the same architecture, then averaged. `posthoc:<key>`
-rows: every registered adapter fitted new→old on the independent models' training-image features
-(label-aware ones — `lambda_orthogonal_supcon`, `lambda_orthogonal_nca` — with the training
-images' labels); `posthoc:paired` is select_adapter's choice (held-out paired recall@10),
-`posthoc:selected` and `<method>+posthoc` are chosen on held-out training images by class top-1.
-Chains (compat/chain.py): classes 0-3 → 0-6 → 0-9, widths 64 → 96 → 128, one adapter per pair.
-Backfilling (compat/protocol_backfill.py): first 2,000 test images, 11 points, top-1; `fastfill`
-transforms the old gallery forward (old→new `forward_mlp` with FastFill's σ head) instead of
-bridging queries backward.
+(3 epochs): MLP 784→512→128 (BT² and `nca` 128 + 32 dims, OCA 64 + 32; Monarch variants
+`@monarch` are opt-in). Gain fraction and tax are per seed against the independent 128-d new model, then
+averaged. `posthoc:<key>` rows: every registered adapter fitted new→old on the independent models'
+training-image features (label-aware ones — `lambda_orthogonal_supcon`, `lambda_orthogonal_nca`,
+`residual_mlp_nca` — with the training images' labels); `posthoc:paired` is select_adapter's
+choice (held-out paired recall@10), `posthoc:selected` and `<method>+posthoc` are chosen on
+held-out training images by class top-1. Chains (compat/chain.py): classes 0-3 → 0-6 → 0-9,
+widths 64 → 96 → 128, one adapter per pair. Backfilling (compat/protocol_backfill.py): first
+2,000 test images, 11 points, top-1; bridged scores calibrated per backfill fraction on the
+migrated items, as serving does per migration wave; `fastfill` transforms the old gallery forward
+(old→new `forward_mlp` with FastFill's σ head) instead of bridging queries backward.
 
 """
 
