@@ -357,17 +357,22 @@ def anchor_sweep(args: argparse.Namespace, vec: dict[str, Any]) -> dict[int, dic
     return out
 
 
+GALLERY_COLUMNS = ("old", "new", "bridged", "fraction", "rerank", "retention")
+
+
 def gallery_size_sweep(
     args: argparse.Namespace, vec: dict[str, Any]
 ) -> dict[int, dict[str, list[float]]]:
     """(e) The same fitted bridges on galleries of growing size: the first n test synsets (their
     definitions the gallery, their lemma strings the queries), for n in ``--gallery-sizes``.
 
-    Per size and seed: old/old, new/new and bridged R@10 and the gain fraction. A bridge's share of
-    the gain is not a constant of the model pair: more distractors leave less room for a map's error.
+    Per size and seed: old/old, new/new and bridged R@10 and its gain fraction, and the cascade
+    (bridged top ``--rerank-depth`` re-scored by new vectors) and its retention of new/new. A
+    bridge's share of the gain is not a constant of the model pair: more distractors leave less
+    room for a map's error.
     """
     out: dict[int, dict[str, list[float]]] = {
-        n: {k: [] for k in ("old", "new", "bridged", "fraction")} for n in args.gallery_sizes
+        n: {k: [] for k in GALLERY_COLUMNS} for n in args.gallery_sizes
     }
     for seed in range(args.seeds):
         anchors = sample_anchors(vec, args.fraction, seed)
@@ -385,21 +390,32 @@ def gallery_size_sweep(
                 "bridged": test_cells(sub, bridge)["recall@10"],
             }
             r10["fraction"] = (r10["bridged"] - r10["old"]) / (r10["new"] - r10["old"])
+            q = sub["new"]["test_queries"]
+            r10["rerank"] = rerank_metrics(
+                cosine(bridge(q), sub["old"]["test_docs"]),
+                cosine(q, sub["new"]["test_docs"]),
+                Relevance.pairs(n),
+                args.rerank_depth,
+            )["recall@10"]
+            r10["retention"] = r10["rerank"] / r10["new"]
             for k, v in r10.items():
                 row[k].append(v)
             log(f"gallery {n} seed {seed}: gain fraction {r10['fraction']:.3f}")
     return out
 
 
-def _gallery_size_table(rows: dict[int, dict[str, list[float]]], recipe: str) -> list[str]:
+def _gallery_size_table(
+    rows: dict[int, dict[str, list[float]]], recipe: str, depth: int
+) -> list[str]:
     lines = [
         f"## Gallery size (e): the same `{recipe}` bridges, galleries of the first n test synsets",
         "",
-        "| gallery (= queries) | old/old R@10 | new/new R@10 | bridged R@10 | gain fraction |",
-        "|---|---|---|---|---|",
+        "| gallery (= queries) | old/old R@10 | new/new R@10 | bridged R@10 | gain fraction "
+        f"| bridge + rerank top-{depth} R@10 | its retention of new/new |",
+        "|---|---|---|---|---|---|---|",
     ]
     for n, row in rows.items():
-        cells = " | ".join(stat(row[k]) for k in ("old", "new", "bridged", "fraction"))
+        cells = " | ".join(stat(row[k]) for k in GALLERY_COLUMNS)
         lines.append(f"| {n} | {cells} |")
     return lines + [""]
 
@@ -850,7 +866,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.embed_only:
         return out
     if args.gallery_sizes:
-        print("\n".join(_gallery_size_table(out["gallery_sizes"], args.sweep_recipes[0])))
+        table = _gallery_size_table(out["gallery_sizes"], args.sweep_recipes[0], args.rerank_depth)
+        print("\n".join(table))
         return out
     if args.sweep_only:
         print("\n".join(_sweep_table(out["sweep"], [reference_cells(out["vec"])] * args.seeds)))
