@@ -137,7 +137,7 @@ class Adapter(nn.Module):
 
     def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         """Mean squared L2 distance between mapped sources and targets: (N, dim_in), (N, dim_out)."""
-        return (self(x) - y).pow(2).sum(dim=1).mean()
+        return squared_distance(self(x), y)
 
     def _check_input(self, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim_in:
@@ -160,6 +160,11 @@ class Adapter(nn.Module):
                 f"adapter {self.key!r} maps {self.dim_in}->{self.dim_out} dims, the spaces need "
                 f"{dim_in}->{dim_out}"
             )
+
+
+def squared_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Mean over rows of ‖a_i − b_i‖²: (N, d), (N, d) -> (); every MSE term of the adapters."""
+    return (a - b).pow(2).sum(dim=1).mean()
 
 
 def _serve_module(module: Adapter, x: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
+from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm, squared_distance
 from compat.linear_adapters import (
     Init,
     affine_serving_form,
@@ -189,7 +189,7 @@ class ContrastiveAffineAdapter(Adapter):
             soft = soft_target_loss(x, mapped, y, self.tau(), c.distill_temperature)
             loss = loss + c.distill * soft
         if c.mse > 0:
-            loss = loss + c.mse * (mapped - y).pow(2).sum(dim=1).mean()
+            loss = loss + c.mse * squared_distance(mapped, y)
         if c.orthogonality > 0:
             loss = loss + c.orthogonality * orthogonality_gap(self.linear.weight)
         return loss

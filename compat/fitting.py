@@ -9,8 +9,9 @@ because a choice made on 200 anchors says less than one made on 20,000.
 Scores are measured through ``Adapter.transform`` (the serving path), never the training forward.
 
 Optional class labels (N,) of the paired items reach every adapter's ``prepare_labels`` and
-``training_loss``; only adapters with label terms (compat/label_terms.py: the λ-orth family, ``residual_mlp_nca``) use
-them, the others fit exactly as without. An adapter configured with label-only terms refuses to fit without labels.
+``training_loss``; only adapters with label terms (compat/label_terms.py: the λ-orth family,
+``residual_mlp_nca``) use them, the others fit exactly as without. An adapter configured with
+label-only terms refuses to fit without labels.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
+from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm, squared_distance
 from compat.label_terms import LabelAwareAdapter, LabelTermsConfig, SupervisedForm
 from compat.solvers import procrustes_map
 from models.config import check
@@ -131,7 +131,7 @@ class LambdaOrthogonalAdapter(LabelAwareAdapter):
     def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         """x (B, dim_in) new, y (B, dim_out) old, labels (B,) int or None."""
         mapped = self(x)  # (B, dim_out)
-        loss = self.config.mse * (mapped - y).pow(2).sum(dim=1).mean() + self.penalty()
+        loss = self.config.mse * squared_distance(mapped, y) + self.penalty()
         return self.add_label_terms(loss, mapped, y, labels)
 
     def serving_form(self) -> ServingForm:

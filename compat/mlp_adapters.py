@@ -13,7 +13,7 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 
-from compat.adapters import ADAPTERS, Adapter, AdapterConfig, Direction
+from compat.adapters import ADAPTERS, Adapter, AdapterConfig, Direction, squared_distance
 from compat.label_terms import LabelAwareAdapter, LabelTermsConfig, SupervisedForm
 from compat.solvers import procrustes_map
 from kernels.errors import InvalidInputError
@@ -120,7 +120,7 @@ class ResidualMLPNCAAdapter(LabelAwareAdapter, ResidualMLPAdapter):
     def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         """x (B, dim_in) new, y (B, dim_out) old, labels (B,) int or None."""
         mapped = self(x)  # (B, dim_out)
-        loss = self.config.mse * (mapped - y).pow(2).sum(dim=1).mean()
+        loss = self.config.mse * squared_distance(mapped, y)
         return self.add_label_terms(loss, mapped, y, labels)
 
 

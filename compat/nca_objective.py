@@ -22,7 +22,7 @@ import dataclasses
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compat.adapters import Adapter, AdapterConfig, build_adapter
+from compat.adapters import Adapter, AdapterConfig, build_adapter, squared_distance
 from compat.label_terms import neighbourhood_loss
 from compat.objectives import OBJECTIVES, CosineClassifier, Objective, ObjectiveConfig
 from kernels.errors import InvalidInputError
@@ -100,7 +100,7 @@ class NCA(Objective):
         loss = self._ce(self.head(own), labels, c.label_smoothing)
         loss = loss + c.weight * neighbourhood_loss(bridged, bank, same, c.tau)
         if c.mse > 0:  # unit rows on both sides: ‖a − b‖² = 2 − 2 cos
-            loss = loss + c.mse * (bridged - refs[0]).pow(2).sum(dim=1).mean()
+            loss = loss + c.mse * squared_distance(bridged, refs[0])
         return loss
 
 
