@@ -56,11 +56,13 @@ from compat.backfill_curves import (  # noqa: E402
     cosine,
     evaluate,
     order_random,
+    rerank_metrics,
 )
 from compat.calibration import rank_matched_calibration  # noqa: E402
 from compat.fitting import FitOptions, fit_adapter  # noqa: E402
+from compat.gallery_scaling import gallery_scaling  # noqa: E402
 from compat.query_fusion import choose_alpha  # noqa: E402
-from compat.verdict import BridgeReport, bridge_or_backfill, rerank_metrics  # noqa: E402
+from compat.verdict import BridgeReport, bridge_or_backfill  # noqa: E402
 from index.plots import plot_report  # noqa: E402
 from kernels.errors import MissingExtraError  # noqa: E402
 from models.embedding_cache import cached_encode  # noqa: E402
@@ -363,8 +365,9 @@ GALLERY_COLUMNS = ("old", "new", "bridged", "fraction", "rerank", "retention")
 def gallery_size_sweep(
     args: argparse.Namespace, vec: dict[str, Any]
 ) -> dict[int, dict[str, list[float]]]:
-    """(e) The same fitted bridges on galleries of growing size: the first n test synsets (their
-    definitions the gallery, their lemma strings the queries), for n in ``--gallery-sizes``.
+    """(e) The same fitted bridges on galleries of growing size: nested random subsets of the test
+    synsets (their definitions the gallery, their lemma strings the queries), of ``--gallery-sizes``
+    items (compat.gallery_scaling, what the verdict's scale check measures).
 
     Per size and seed: old/old, new/new and bridged R@10 and its gain fraction, and the cascade
     (bridged top ``--rerank-depth`` re-scored by new vectors) and its retention of new/new. A
@@ -374,33 +377,28 @@ def gallery_size_sweep(
     out: dict[int, dict[str, list[float]]] = {
         n: {k: [] for k in GALLERY_COLUMNS} for n in args.gallery_sizes
     }
+    q, old_docs, new_docs = (
+        vec["new"]["test_queries"], vec["old"]["test_docs"], vec["new"]["test_docs"]
+    )  # fmt: skip
+    old_scores, new_scores = cosine(vec["old"]["test_queries"], old_docs), cosine(q, new_docs)
     for seed in range(args.seeds):
         anchors = sample_anchors(vec, args.fraction, seed)
         names = args.sweep_recipes[:1]
         bridge = fit_variants(anchors, seed, names=names)[names[0]]["adapter"].bridge()
-        for n, row in out.items():
-            sub = {  # the first n test synsets, both models
-                side: {k: vec[side][k][:n] for k in ("test_queries", "test_docs")}
-                for side in ("old", "new")
-            }
-            reference = reference_cells(sub)
-            r10 = {
-                "old": reference.old_old["recall@10"],
-                "new": reference.new_new["recall@10"],
-                "bridged": test_cells(sub, bridge)["recall@10"],
-            }
-            r10["fraction"] = (r10["bridged"] - r10["old"]) / (r10["new"] - r10["old"])
-            q = sub["new"]["test_queries"]
-            r10["rerank"] = rerank_metrics(
-                cosine(bridge(q), sub["old"]["test_docs"]),
-                cosine(q, sub["new"]["test_docs"]),
-                Relevance.pairs(n),
-                args.rerank_depth,
-            )["recall@10"]
-            r10["retention"] = r10["rerank"] / r10["new"]
-            for k, v in r10.items():
-                row[k].append(v)
-            log(f"gallery {n} seed {seed}: gain fraction {r10['fraction']:.3f}")
+        scaling = gallery_scaling(
+            old_scores, cosine(bridge(q), old_docs), new_scores, Relevance.pairs(len(q)),
+            metric="recall@10", rerank_depth=args.rerank_depth, sizes=args.gallery_sizes,
+            seed=seed,
+        )  # fmt: skip
+        for p in scaling.points:
+            row = out[p.gallery]
+            gap = p.new_new - p.old_old  # 0 on a gallery so small that both models are perfect
+            fraction = (p.bridged - p.old_old) / gap if gap else float("nan")
+            retention = None if p.rerank is None else p.rerank / p.new_new
+            values = (p.old_old, p.new_new, p.bridged, fraction, p.rerank, retention)
+            for k, v in zip(GALLERY_COLUMNS, values, strict=True):
+                row[k].append(float("nan") if v is None else v)
+            log(f"gallery {p.gallery} seed {seed}: gain fraction {fraction:.3f}")
     return out
 
 
@@ -408,7 +406,7 @@ def _gallery_size_table(
     rows: dict[int, dict[str, list[float]]], recipe: str, depth: int
 ) -> list[str]:
     lines = [
-        f"## Gallery size (e): the same `{recipe}` bridges, galleries of the first n test synsets",
+        f"## Gallery size (e): the same `{recipe}` bridges, galleries of n test synsets (nested)",
         "",
         "| gallery (= queries) | old/old R@10 | new/new R@10 | bridged R@10 | gain fraction "
         f"| bridge + rerank top-{depth} R@10 | its retention of new/new |",
@@ -807,7 +805,35 @@ def _cost(args: argparse.Namespace, out: dict[str, Any]) -> list[str]:
         "",
         f"**{r.verdict.decision}** — {r.verdict.reason}.",
         "",
+        *_scaling(r),
     ]  # fmt: skip
+
+
+def _scaling(r: BridgeReport) -> list[str]:
+    """The verdict's gallery-size check: retention on nested test subsets, and its trend."""
+    s = r.scaling
+    if s is None or not s.per_doubling:
+        return []
+    lines = [
+        f"Gallery-size check (compat.gallery_scaling): retention of new/new R@10 on nested random "
+        f"subsets of the test gallery, a least-squares line in log2(size), read at the "
+        f"{s.deployed_items:,} items the cost is priced for. Decision there: "
+        f"**{r.verdict.at_deployed}**.",
+        "",
+        "| gallery | bridged | bridge + rerank |",
+        "|---|---|---|",
+    ]
+    for p in s.points:
+        rerank = "—" if p.rerank is None else f"{p.rerank / p.new_new:.3f}"
+        lines.append(f"| {p.gallery:,} | {p.bridged / p.new_new:.3f} | {rerank} |")
+    at = {
+        k: f"{v:.3f} ({s.per_doubling[k] * 100:+.1f} pt per doubling)"
+        for k, v in s.at_deployed.items()
+    }
+    lines.append(
+        f"| {s.deployed_items:,} (extrapolated) | {at['bridged']} | {at.get('rerank', '—')} |"
+    )
+    return lines + [""]
 
 
 def write_plots(out: dict[str, Any], directory: Path) -> None:

@@ -68,6 +68,14 @@ def eval_command(
     seconds_per_item: Annotated[
         float | None, typer.Option(help="New encoder s/item, for the cost.")
     ] = None,
+    deployed_items: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Items in the real gallery (default: the evaluated one's): prices the backfill "
+            "and re-checks the verdict there, extrapolating how retention falls with gallery size.",
+        ),
+    ] = None,
     plot: Annotated[
         Path | None, typer.Option(file_okay=False, help="Write PNG plots to this folder.")
     ] = None,
@@ -80,6 +88,8 @@ def eval_command(
                                "rerank_depth": rerank_depth or None}  # fmt: skip
     if seconds_per_item is not None:
         options["new_seconds_per_item"] = seconds_per_item
+    if deployed_items is not None:
+        options["backfill_items"] = deployed_items
     if old_version is None and new_version is None and query_set is None:
         report = _from_vector_files(
             old_queries, new_queries, old_gallery, new_gallery, query_labels=query_labels,
@@ -151,6 +161,24 @@ def _text(r: dict[str, Any]) -> str:
         lines.append(
             f"backfill {c['ordering']:<17} area {c['area']:.3f}, 95% of new/new after {reach}"
         )
+    lines += _scaling_lines(r.get("scaling"))
     lines += ["", f"verdict: {r['verdict']['decision']} - {r['verdict']['reason']}"]
     lines += [f"plot: {p}" for p in r.get("plots", [])]
     return "\n".join(lines)
+
+
+def _scaling_lines(s: dict[str, Any] | None) -> list[str]:
+    """Retention on nested subsets of the gallery, and where its trend leads at the deployed size."""
+    if not s or len(s["points"]) < 2:
+        return []
+    lines = ["", f"gallery size   retention {s['metric']}: bridged / rerank"]
+    for p in s["points"]:
+        rerank = "" if p["rerank"] is None else f" / {p['rerank'] / p['new_new']:.3f}"
+        lines.append(f"  {p['gallery']:>11,}   {p['bridged'] / p['new_new']:.3f}{rerank}")
+    if s["deployed_items"] > s["points"][-1]["gallery"]:
+        trend = ", ".join(
+            f"{name} {s['at_deployed'][name]:.3f} ({s['per_doubling'][name] * 100:+.1f} pt per doubling)"
+            for name in s["at_deployed"]
+        )
+        lines.append(f"  {s['deployed_items']:>11,}   extrapolated: {trend}")
+    return lines

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from compat.calibration import rank_matched_calibration
 from compat.metrics import curve_area
-from compat.relevance_metrics import relevance_metrics
+from compat.relevance_metrics import ranked_relevance_metrics, relevance_metrics
 from kernels.errors import InvalidInputError
 
 Ordering = Literal["random", "distance_to_mean", "uncertainty"]
@@ -117,6 +117,36 @@ def wave_calibration(
 def evaluate(scores: Tensor, relevance: Relevance, ks: Sequence[int] = (10,)) -> dict[str, float]:
     """Mean Recall/MRR/nDCG@k of a (Q, G) score matrix."""
     return relevance_metrics(scores, relevance.gains, ks=ks, exclude=relevance.exclude)
+
+
+def rerank_metrics(
+    bridged_scores: Tensor,
+    new_scores: Tensor,
+    relevance: Relevance,
+    depth: int,
+    ks: Sequence[int] = (10,),
+) -> dict[str, float]:
+    """Metrics of the cascade: top-``depth`` by bridged score, re-ordered by new/new score.
+
+    (Q, G) score matrices each; ties keep the bridged order (then ascending position). A ``depth``
+    below k cuts the list short and is penalised, never rescaled.
+    """
+    if not 1 <= depth <= bridged_scores.shape[1]:
+        raise InvalidInputError(
+            f"rerank depth must be in 1..{bridged_scores.shape[1]}, got {depth}"
+        )
+    first = bridged_scores.float().clone()
+    gains = relevance.gains.to(torch.float64).clone()
+    if relevance.exclude is not None:
+        rows = torch.arange(len(first))
+        first[rows, relevance.exclude] = float("-inf")
+        gains[rows, relevance.exclude] = 0.0
+    candidates = torch.sort(first, dim=1, descending=True, stable=True).indices[:, :depth]
+    rescored = new_scores.float().gather(1, candidates)  # (Q, depth)
+    within = torch.sort(rescored, dim=1, descending=True, stable=True).indices
+    ranked = candidates.gather(1, within)  # (Q, depth) gallery positions, best first
+    per_query = ranked_relevance_metrics(ranked, gains, ks)
+    return {name: float(v.mean()) for name, v in per_query.items()}
 
 
 def kmeans(x: Tensor, k: int, *, iters: int = 25, seed: int = 0) -> tuple[Tensor, Tensor]:

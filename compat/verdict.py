@@ -26,6 +26,11 @@ The verdict rule (``metric``, default recall@10; ``target`` = ``target_retention
    bridging does not even beat staying on the old model, so serve the old model until the backfill
    is done. When the bridge does beat old/old, serving it (mixed) during the backfill is safe.
 
+The rule is applied to what was measured. A bridge's share shrinks as the gallery grows
+(:mod:`compat.gallery_scaling`), so when the deployed gallery (``backfill_items``) is larger than
+the evaluated one, the rule is applied again to the retentions extrapolated to that size; where
+the answer differs, ``Verdict.at_deployed`` holds it and the reason says so.
+
 The report is a frozen dataclass that round-trips through JSON (:meth:`BridgeReport.to_json`).
 """
 
@@ -36,7 +41,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
 from compat.adapters import Adapter
@@ -49,8 +53,10 @@ from compat.backfill_curves import (
     order_by_uncertainty,
     order_distance_to_mean,
     order_random,
+    rerank_metrics,
 )
-from compat.relevance_metrics import gain_over_status_quo, ranked_relevance_metrics, retention
+from compat.gallery_scaling import GalleryScaling, ScalePoint, gallery_scaling
+from compat.relevance_metrics import gain_over_status_quo, retention
 from compat.vectors import check_vectors
 from kernels.errors import InvalidInputError
 
@@ -64,6 +70,8 @@ class Verdict:
     reason: str  # one sentence with the numbers behind the decision
     metric: str
     target_retention: float
+    # the rule re-applied at the deployed gallery's size (extrapolated retentions), when larger
+    at_deployed: Decision | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +109,7 @@ class BridgeReport:
     curves: list[Curve]
     backfill: BackfillCost
     verdict: Verdict
+    scaling: GalleryScaling | None = None  # the cells on nested subsets of the gallery
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,41 +124,14 @@ class BridgeReport:
         d["curves"] = [Curve(**c) for c in d["curves"]]
         d["backfill"] = BackfillCost(**d["backfill"])
         d["verdict"] = Verdict(**d["verdict"])
+        if d.get("scaling") is not None:
+            points = [ScalePoint(**p) for p in d["scaling"]["points"]]
+            d["scaling"] = GalleryScaling(**{**d["scaling"], "points": points})
         return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> BridgeReport:
         return cls.from_dict(json.loads(text))
-
-
-def rerank_metrics(
-    bridged_scores: Tensor,
-    new_scores: Tensor,
-    relevance: Relevance,
-    depth: int,
-    ks: Sequence[int] = (10,),
-) -> dict[str, float]:
-    """Metrics of the cascade: top-``depth`` by bridged score, re-ordered by new/new score.
-
-    (Q, G) score matrices each; ties keep the bridged order (then ascending position). A ``depth``
-    below k cuts the list short and is penalised, never rescaled.
-    """
-    if not 1 <= depth <= bridged_scores.shape[1]:
-        raise InvalidInputError(
-            f"rerank depth must be in 1..{bridged_scores.shape[1]}, got {depth}"
-        )
-    first = bridged_scores.float().clone()
-    gains = relevance.gains.to(torch.float64).clone()
-    if relevance.exclude is not None:
-        rows = torch.arange(len(first))
-        first[rows, relevance.exclude] = float("-inf")
-        gains[rows, relevance.exclude] = 0.0
-    candidates = torch.sort(first, dim=1, descending=True, stable=True).indices[:, :depth]
-    rescored = new_scores.float().gather(1, candidates)  # (Q, depth)
-    within = torch.sort(rescored, dim=1, descending=True, stable=True).indices
-    ranked = candidates.gather(1, within)  # (Q, depth) gallery positions, best first
-    per_query = ranked_relevance_metrics(ranked, gains, ks)
-    return {name: float(v.mean()) for name, v in per_query.items()}
 
 
 def decide(
@@ -190,6 +172,40 @@ def decide(
     return Verdict("backfill", reason, metric, target_retention)
 
 
+def at_deployed_size(verdict: Verdict, scaling: GalleryScaling, cells: dict[str, float]) -> Verdict:
+    """``verdict`` with the rule re-applied to the retentions extrapolated to the deployed size.
+
+    ``cells``: the measured old_old, bridged and (optional) rerank values of the verdict's metric;
+    they keep the rule's "beats the old model" and "beats the bridge" tests on measured numbers,
+    only the retentions are extrapolated. Unchanged when the deployed gallery is not larger.
+    """
+    kept, evaluated = scaling.at_deployed, scaling.points[-1].gallery if scaling.points else 0
+    if scaling.deployed_items <= evaluated or "bridged" not in kept:
+        return verdict
+    old, bridged, rerank = cells["old_old"], cells["bridged"], cells.get("rerank")
+    at: Decision = "backfill"
+    if bridged > old and kept["bridged"] >= verdict.target_retention:
+        at = "bridge"
+    elif (
+        rerank is not None
+        and rerank > max(bridged, old)
+        and kept.get("rerank", 0.0) >= verdict.target_retention
+    ):
+        at = "bridge+rerank"
+    if at == verdict.decision:
+        return dataclasses.replace(verdict, at_deployed=at)
+    trend = ", ".join(
+        f"{name} {kept[name]:.1%} ({scaling.per_doubling[name] * 100:+.1f} pt per doubling)"
+        for name in kept
+    )
+    note = (
+        f"; but at the deployed {scaling.deployed_items:,} items it would be {at}: retention "
+        f"extrapolated from galleries of {scaling.points[0].gallery:,}-{evaluated:,} items, "
+        f"{trend} (a log-linear trend: measure on a larger gallery before relying on either)"
+    )
+    return dataclasses.replace(verdict, reason=verdict.reason + note, at_deployed=at)
+
+
 def bridge_or_backfill(
     old_queries: Tensor,
     new_queries: Tensor,
@@ -223,8 +239,9 @@ def bridge_or_backfill(
     bridge = _as_bridge(adapter, nq.shape[1], og.shape[1])
     bridged_q = bridge(nq)  # (Q, d_new) -> (Q, d_old)
     new_scores, bridged_scores = cosine(nq, ng), cosine(bridged_q, og)  # (Q, G) each
+    old_scores = cosine(oq, og)
     cells = {
-        "old_old": evaluate(cosine(oq, og), relevance, ks),
+        "old_old": evaluate(old_scores, relevance, ks),
         "bridged": evaluate(bridged_scores, relevance, ks),
         "new_new": evaluate(new_scores, relevance, ks),
     }
@@ -249,17 +266,25 @@ def bridge_or_backfill(
         for name, order in orders.items()
     ]
     cost = _cost(curves, new_seconds_per_item, backfill_items or len(og))
+    measured = {name: cells[name][metric] for name in ("old_old", "bridged", "new_new")}
+    if rr is not None:
+        measured["rerank"] = rr.metrics[metric]
     verdict = decide(
-        cells["old_old"][metric], cells["bridged"][metric], cells["new_new"][metric],
-        None if rr is None else rr.metrics[metric], metric=metric,
-        target_retention=target_retention, backfill_note=_backfill_note(curves, cost),
+        measured["old_old"], measured["bridged"], measured["new_new"], measured.get("rerank"),
+        metric=metric, target_retention=target_retention,
+        backfill_note=_backfill_note(curves, cost),
     )  # fmt: skip
+    scaling = gallery_scaling(
+        old_scores, bridged_scores, new_scores, relevance, metric=metric, ks=ks,
+        rerank_depth=rerank_depth, deployed_items=cost.items, seed=seed,
+    )  # fmt: skip
+    verdict = at_deployed_size(verdict, scaling, measured)
     return BridgeReport(
         metric=metric, queries=len(oq), gallery=len(og), adapter=getattr(adapter, "key", None),
         old_old=cells["old_old"], bridged=cells["bridged"], new_new=cells["new_new"],
         retention=_per_metric(retention, cells["bridged"], cells["new_new"]),
         gain=_per_metric(gain_over_status_quo, cells["bridged"], cells["old_old"]),
-        rerank=rr, curves=curves, backfill=cost, verdict=verdict,
+        rerank=rr, curves=curves, backfill=cost, verdict=verdict, scaling=scaling,
     )  # fmt: skip
 
 

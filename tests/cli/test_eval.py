@@ -110,3 +110,17 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path) -> None:
     assert isinstance(both.exception, InvalidInputError) and "either as labels" in str(
         both.exception
     )
+
+
+def test_eval_deployed_items_prices_the_backfill_and_extrapolates_retention(tmp_path) -> None:
+    files = write_upgrade(tmp_path)
+    result = runner.invoke(app, [*eval_args(files), "--deployed-items", "1000000", "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    s = r["scaling"]
+    assert r["backfill"]["items"] == s["deployed_items"] == 1_000_000
+    assert [p["gallery"] for p in s["points"]] == [120, 240]  # G/2 and G (G/4 < 100 items)
+    assert set(s["at_deployed"]) == {"bridged", "rerank"}
+    assert r["verdict"]["at_deployed"] in ("bridge", "bridge+rerank", "backfill")
+    text = _text(r)
+    assert "1,000,000   extrapolated: bridged" in text and "pt per doubling" in text

@@ -17,8 +17,9 @@ from compat.backfill_curves import (
     fraction_reaching,
     kmeans,
     order_distance_to_mean,
+    rerank_metrics,
 )
-from compat.verdict import BridgeReport, bridge_or_backfill, decide, rerank_metrics
+from compat.verdict import BridgeReport, bridge_or_backfill, decide
 from kernels.errors import DirectionError, InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,3 +253,14 @@ def test_text_upgrade_bench_runs_end_to_end_on_real_models(tmp_path: Path) -> No
     for cell in (report.old_old, report.bridged, report.new_new):
         assert 0.0 <= cell["recall@10"] <= 1.0
     assert (tmp_path / "text_upgrade.md").read_text().startswith("#")
+    # (e) the gallery-size sweep on the same (now cached) texts: nested subsets, one row per size
+    sweep = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "text_upgrade.py"), *size, "--gallery-sizes", "20,40"]
+        + ["--sweep-recipes", "procrustes"],
+        check=True,
+        timeout=900,
+        capture_output=True,
+        text=True,
+    )
+    rows = [line for line in sweep.stdout.splitlines() if line.startswith(("| 20 |", "| 40 |"))]
+    assert len(rows) == 2 and all(len(row.split("|")) == 9 for row in rows)
