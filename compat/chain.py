@@ -52,7 +52,14 @@ CHAIN_METHODS = (
     "ract+posthoc",
     "nca+posthoc",
 )
-CHAIN_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal", "lambda_orthogonal_nca")  # per pair
+# per pair, chosen on held-out images: the main protocol's label-aware candidates, nonlinear included
+CHAIN_ADAPTERS = (
+    "procrustes",
+    "affine",
+    "lambda_orthogonal",
+    "lambda_orthogonal_nca",
+    "residual_mlp_nca",
+)
 
 
 def _version(
