@@ -2,9 +2,9 @@
 
 A bridged query lands near its old-space answer, not on it; the more items a gallery holds, the
 more of them sit inside that error, while each model's own queries keep their ranking. Measured on
-WordNet (docs/results/text_upgrade.md, round 5), one bridge recovers 77% of the gain on 1,000
-items, 46% on 2,000 and 18% on 10,000. An evaluation gallery is usually far smaller than the one
-deployed, so a verdict taken on it alone flatters the bridge.
+WordNet (docs/results/text_upgrade.md, round 6), one bridge recovers 45% of the gain on 1,000
+items, 42% on 2,000, 23% on 5,000 and 17% on 10,000. An evaluation gallery is usually far smaller
+than the one deployed, so a verdict taken on it alone flatters the bridge.
 
 :func:`gallery_scaling` re-measures old/old, bridged, new/new and the rerank cascade on nested
 random subsets of the evaluation gallery (G/8, G/4, G/2, G; never below ``min_items``), keeping
