@@ -47,7 +47,7 @@ class GalleryScaling:
     # retention change per doubling of the gallery (least squares over the points), per cell:
     # "bridged" and, when measured, "rerank"; empty with fewer than two points
     per_doubling: dict[str, float]
-    # retention at deployed_items on that line (the measured value when deployed <= G)
+    # retention at deployed_items on that line, floored at 0 (the measured value when deployed <= G)
     at_deployed: dict[str, float]
 
 
@@ -133,8 +133,11 @@ def gallery_scaling(
             continue
         slope, intercept = _line([math.log2(g) for g, _ in measured], [r for _, r in measured])
         per_doubling[name] = slope
+        # a line falls below zero far enough out; no retention does
         at_deployed[name] = (
-            measured[-1][1] if deployed <= items else slope * math.log2(deployed) + intercept
+            measured[-1][1]
+            if deployed <= items
+            else max(0.0, slope * math.log2(deployed) + intercept)
         )
     return GalleryScaling(metric, points, deployed, per_doubling, at_deployed)
 

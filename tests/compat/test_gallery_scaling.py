@@ -81,6 +81,9 @@ def test_trend_is_the_least_squares_line_in_log2_size_and_is_extrapolated() -> N
     assert scaling.per_doubling["bridged"] < 0
     assert scaling.per_doubling["rerank"] > scaling.per_doubling["bridged"]
     assert all(p.rerank is not None for p in scaling.points)
+    # far enough out the line crosses zero; retention is floored there
+    far = gallery_scaling(*scores, Relevance.pairs(800), metric="recall@10", deployed_items=2**400)
+    assert far.at_deployed["bridged"] == 0.0
     # nothing is extrapolated for a deployed gallery no larger than the evaluated one
     same = gallery_scaling(*scores, Relevance.pairs(800), metric="recall@10")
     assert same.at_deployed["bridged"] == pytest.approx(y[-1])
