@@ -60,7 +60,7 @@ from compat.backfill_curves import (  # noqa: E402
 )
 from compat.calibration import rank_matched_calibration  # noqa: E402
 from compat.fitting import FitOptions, fit_adapter  # noqa: E402
-from compat.gallery_scaling import gallery_scaling  # noqa: E402
+from compat.gallery_scaling import gallery_scaling, per_doubling  # noqa: E402
 from compat.query_fusion import choose_alpha  # noqa: E402
 from compat.verdict import BridgeReport, bridge_or_backfill  # noqa: E402
 from index.plots import plot_report  # noqa: E402
@@ -388,7 +388,7 @@ def gallery_size_sweep(
         scaling = gallery_scaling(
             old_scores, cosine(bridge(q), old_docs), new_scores, Relevance.pairs(len(q)),
             metric="recall@10", rerank_depth=args.rerank_depth, sizes=args.gallery_sizes,
-            seed=seed,
+            seed=seed, draws=1,  # one subset sequence per seed: the seeds give the spread
         )  # fmt: skip
         for p in scaling.points:
             row = out[p.gallery]
@@ -816,7 +816,8 @@ def _scaling(r: BridgeReport) -> list[str]:
         return []
     lines = [
         f"Gallery-size check (compat.gallery_scaling): retention of new/new R@10 on nested random "
-        f"subsets of the test gallery, a least-squares line in log2(size), read at the "
+        f"subsets of the test gallery (mean of {s.draws} draws), a least-squares line in "
+        f"log2(size) (± its standard error over the draws), read at the "
         f"{s.deployed_items:,} items the cost is priced for. Decision there: "
         f"**{r.verdict.at_deployed}**.",
         "",
@@ -826,10 +827,7 @@ def _scaling(r: BridgeReport) -> list[str]:
     for p in s.points:
         rerank = "—" if p.rerank is None else f"{p.rerank / p.new_new:.3f}"
         lines.append(f"| {p.gallery:,} | {p.bridged / p.new_new:.3f} | {rerank} |")
-    at = {
-        k: f"{v:.3f} ({s.per_doubling[k] * 100:+.1f} pt per doubling)"
-        for k, v in s.at_deployed.items()
-    }
+    at = {k: f"{v:.3f} ({per_doubling(s, k)})" for k, v in s.at_deployed.items()}
     lines.append(
         f"| {s.deployed_items:,} (extrapolated) | {at['bridged']} | {at.get('rerank', '—')} |"
     )

@@ -176,9 +176,12 @@ def _scaling_lines(s: dict[str, Any] | None) -> list[str]:
         rerank = "" if p["rerank"] is None else f" / {p['rerank'] / p['new_new']:.3f}"
         lines.append(f"  {p['gallery']:>11,}   {p['bridged'] / p['new_new']:.3f}{rerank}")
     if s["deployed_items"] > s["points"][-1]["gallery"]:
+        from compat.gallery_scaling import GalleryScaling, per_doubling
+
+        scaling = GalleryScaling.from_dict(s)
         trend = ", ".join(
-            f"{name} {s['at_deployed'][name]:.3f} ({s['per_doubling'][name] * 100:+.1f} pt per doubling)"
-            for name in s["at_deployed"]
+            f"{name} {value:.3f} ({per_doubling(scaling, name)})"
+            for name, value in scaling.at_deployed.items()
         )
         lines.append(f"  {s['deployed_items']:>11,}   extrapolated: {trend}")
     return lines

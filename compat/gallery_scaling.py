@@ -9,15 +9,21 @@ than the one deployed, so a verdict taken on it alone flatters the bridge.
 :func:`gallery_scaling` re-measures old/old, bridged, new/new and the rerank cascade on nested
 random subsets of the evaluation gallery (G/8, G/4, G/2, G; never below ``min_items``), keeping
 the queries whose answers are in the subset, and fits retention (cell / new/new) against log2 of
-the gallery size by least squares. Extrapolating that line to the deployed size is a crude model,
-reported as one: it says which way the verdict moves with scale, not where it lands.
+the gallery size by least squares. Small subsets hold few queries, so each size is drawn
+``draws`` times (independent nested sequences); the points are the draws' means, the slope is the
+mean of the per-draw slopes and its standard error their spread. Extrapolating that line to the
+deployed size is a crude model, reported as one: it says which way the verdict moves with scale,
+not where it lands — on WordNet the line fitted on 250-2,000 items reads at 1,000,000 what 10,000
+items already measure (docs/results/text_upgrade.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +33,7 @@ from kernels.errors import InvalidInputError
 
 SUBSETS = (8, 4, 2, 1)  # gallery sizes measured: G/8, G/4, G/2, G
 MIN_ITEMS = 100
+DRAWS = 5  # nested subset sequences averaged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +56,14 @@ class GalleryScaling:
     per_doubling: dict[str, float]
     # retention at deployed_items on that line, floored at 0 (the measured value when deployed <= G)
     at_deployed: dict[str, float]
+    draws: int = 1
+    # standard error of per_doubling over the draws (absent with one draw)
+    per_doubling_se: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GalleryScaling:
+        """The inverse of ``dataclasses.asdict`` (JSON reports)."""
+        return cls(**{**data, "points": [ScalePoint(**p) for p in data["points"]]})
 
 
 def nested_subsets(
@@ -99,47 +114,106 @@ def gallery_scaling(
     seed: int = 0,
     min_items: int = MIN_ITEMS,
     sizes: Sequence[int] | None = None,
+    draws: int = DRAWS,
 ) -> GalleryScaling:
     """Old/old, bridged, new/new (and the cascade) on nested gallery subsets, and the trend.
 
     Score matrices (Q, G) each: old queries vs old gallery, bridged new queries vs old gallery,
     new vs new. ``deployed_items``: the real gallery's size (default G); ``sizes``: the subset
-    sizes to measure instead of G/8 … G.
+    sizes to measure instead of G/8 … G; ``draws``: nested sequences averaged (seeds seed, seed+1…).
     """
     if not old_scores.shape == bridged_scores.shape == new_scores.shape:
         raise InvalidInputError(
             f"score matrices differ in shape: {tuple(old_scores.shape)}, "
             f"{tuple(bridged_scores.shape)}, {tuple(new_scores.shape)}"
         )
+    if draws < 1:
+        raise InvalidInputError(f"draws must be >= 1, got {draws}")
     items = old_scores.shape[1]
-    points = []
-    for subset in nested_subsets(items, seed, min_items, sizes):
-        rows, rel = restrict(relevance, subset)
-        if len(rows) == 0:
-            continue
-        old, bridged, new = (s[rows][:, subset] for s in (old_scores, bridged_scores, new_scores))
-        rerank = None
-        if rerank_depth is not None and rerank_depth <= len(subset):
-            rerank = rerank_metrics(bridged, new, rel, rerank_depth, ks)[metric]
-        o, b, n = (evaluate(s, rel, ks)[metric] for s in (old, bridged, new))
-        points.append(ScalePoint(len(subset), len(rows), o, b, n, rerank))
+    scores = (old_scores, bridged_scores, new_scores)
+    by_size: dict[int, list[ScalePoint]] = {}  # the whole gallery is the same in every draw
+    for d in range(draws):
+        for subset in nested_subsets(items, seed + d, min_items, sizes):
+            n = len(subset)
+            if n == items and by_size.get(n):
+                by_size[n].append(by_size[n][0])
+            elif point := _measure(scores, relevance, subset, metric, ks, rerank_depth):
+                by_size.setdefault(n, []).append(point)
+    # a size kept only where every draw found queries with answers in it
+    runs = [
+        [by_size[n][d] for n in sorted(by_size) if len(by_size[n]) == draws] for d in range(draws)
+    ]
+    points = [_mean_point(by_size[n]) for n in sorted(by_size) if len(by_size[n]) == draws]
     deployed = deployed_items or items
     per_doubling: dict[str, float] = {}
     at_deployed: dict[str, float] = {}
+    se: dict[str, float] = {}
     for name in ("bridged", "rerank"):
-        values = [(p.gallery, _retention(getattr(p, name), p.new_new)) for p in points]
-        measured = [(g, r) for g, r in values if r is not None]
-        if len(measured) < 2 or len(measured) < len(points):
-            continue
-        slope, intercept = _line([math.log2(g) for g, _ in measured], [r for _, r in measured])
+        lines = [_trend(run, name) for run in runs]
+        if any(line is None for line in lines):
+            continue  # fewer than two sizes, or the cascade deeper than a subset
+        slopes = [line[0] for line in lines if line is not None]
+        slope = sum(slopes) / draws
+        intercept = sum(line[1] for line in lines if line is not None) / draws
         per_doubling[name] = slope
+        if draws > 1:
+            se[name] = statistics.stdev(slopes) / math.sqrt(draws)
         # a line falls below zero far enough out; no retention does
         at_deployed[name] = (
-            measured[-1][1]
+            _retention(getattr(points[-1], name), points[-1].new_new) or 0.0
             if deployed <= items
             else max(0.0, slope * math.log2(deployed) + intercept)
         )
-    return GalleryScaling(metric, points, deployed, per_doubling, at_deployed)
+    return GalleryScaling(metric, points, deployed, per_doubling, at_deployed, draws, se)
+
+
+def per_doubling(scaling: GalleryScaling, name: str) -> str:
+    """``name``'s trend as text: "-0.7 ± 0.2 pt per doubling" (no ± with one draw)."""
+    se = scaling.per_doubling_se.get(name)
+    spread = "" if se is None else f" ± {se * 100:.1f}"
+    return f"{scaling.per_doubling[name] * 100:+.1f}{spread} pt per doubling"
+
+
+def _measure(
+    scores: tuple[Tensor, Tensor, Tensor],
+    relevance: Relevance,
+    subset: Tensor,
+    metric: str,
+    ks: Sequence[int],
+    rerank_depth: int | None,
+) -> ScalePoint | None:
+    """The cells on one gallery subset (None when no query has an answer there)."""
+    rows, rel = restrict(relevance, subset)
+    if len(rows) == 0:
+        return None
+    old, bridged, new = (s[rows][:, subset] for s in scores)
+    rerank = None
+    if rerank_depth is not None and rerank_depth <= len(subset):
+        rerank = rerank_metrics(bridged, new, rel, rerank_depth, ks)[metric]
+    o, b, n = (evaluate(s, rel, ks)[metric] for s in (old, bridged, new))
+    return ScalePoint(len(subset), len(rows), o, b, n, rerank)
+
+
+def _mean_point(same: Sequence[ScalePoint]) -> ScalePoint:
+    """One size's draws averaged (their gallery sizes are equal)."""
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    reranks = [p.rerank for p in same]
+    return ScalePoint(
+        same[0].gallery,
+        round(mean([p.queries for p in same])),
+        mean([p.old_old for p in same]),
+        mean([p.bridged for p in same]),
+        mean([p.new_new for p in same]),
+        None if None in reranks else mean([r for r in reranks if r is not None]),
+    )
+
+
+def _trend(points: Sequence[ScalePoint], name: str) -> tuple[float, float] | None:
+    """Least-squares (slope, intercept) of ``name``'s retention on log2(gallery size)."""
+    values = [(p.gallery, _retention(getattr(p, name), p.new_new)) for p in points]
+    if len(values) < 2 or any(r is None for _, r in values):
+        return None
+    return _line([math.log2(g) for g, _ in values], [r for _, r in values if r is not None])
 
 
 def _retention(value: float | None, new_new: float) -> float | None:

@@ -55,7 +55,7 @@ from compat.backfill_curves import (
     order_random,
     rerank_metrics,
 )
-from compat.gallery_scaling import GalleryScaling, ScalePoint, gallery_scaling
+from compat.gallery_scaling import GalleryScaling, gallery_scaling, per_doubling
 from compat.relevance_metrics import gain_over_status_quo, retention
 from compat.vectors import check_vectors
 from kernels.errors import InvalidInputError
@@ -125,8 +125,7 @@ class BridgeReport:
         d["backfill"] = BackfillCost(**d["backfill"])
         d["verdict"] = Verdict(**d["verdict"])
         if d.get("scaling") is not None:
-            points = [ScalePoint(**p) for p in d["scaling"]["points"]]
-            d["scaling"] = GalleryScaling(**{**d["scaling"], "points": points})
+            d["scaling"] = GalleryScaling.from_dict(d["scaling"])
         return cls(**d)
 
     @classmethod
@@ -194,10 +193,7 @@ def at_deployed_size(verdict: Verdict, scaling: GalleryScaling, cells: dict[str,
         at = "bridge+rerank"
     if at == verdict.decision:
         return dataclasses.replace(verdict, at_deployed=at)
-    trend = ", ".join(
-        f"{name} {kept[name]:.1%} ({scaling.per_doubling[name] * 100:+.1f} pt per doubling)"
-        for name in kept
-    )
+    trend = ", ".join(f"{name} {kept[name]:.1%} ({per_doubling(scaling, name)})" for name in kept)
     note = (
         f"; but at the deployed {scaling.deployed_items:,} items it would be {at}: retention "
         f"extrapolated from galleries of {scaling.points[0].gallery:,}-{evaluated:,} items, "

@@ -49,7 +49,7 @@ def test_cells_on_each_subset_match_brute_force() -> None:
     bridged = nq @ r.T
     scaling = gallery_scaling(
         cosine(oq, og), cosine(bridged, og), cosine(nq, ng), Relevance.pairs(400),
-        metric="recall@10", seed=1,
+        metric="recall@10", seed=1, draws=1,
     )  # fmt: skip
     subsets = nested_subsets(400, seed=1)
     assert [p.gallery for p in scaling.points] == [len(s) for s in subsets] == [100, 200, 400]
@@ -87,6 +87,28 @@ def test_trend_is_the_least_squares_line_in_log2_size_and_is_extrapolated() -> N
     # nothing is extrapolated for a deployed gallery no larger than the evaluated one
     same = gallery_scaling(*scores, Relevance.pairs(800), metric="recall@10")
     assert same.at_deployed["bridged"] == pytest.approx(y[-1])
+
+
+def test_draws_are_averaged_and_give_the_slope_a_standard_error() -> None:
+    oq, nq, og, ng, r = world(1.5, 1.5, 0.3, n=800)
+    noisy = F.normalize(nq @ r.T + 0.6 * torch.randn(800, 32) / 32**0.5, dim=1)
+    scores = cosine(oq, og), cosine(noisy, og), cosine(nq, ng)
+    singles = [
+        gallery_scaling(*scores, Relevance.pairs(800), metric="recall@10", seed=s, draws=1)
+        for s in range(4)
+    ]
+    pooled = gallery_scaling(*scores, Relevance.pairs(800), metric="recall@10", draws=4)
+    assert pooled.draws == 4 and not singles[0].per_doubling_se
+    for k, point in enumerate(pooled.points):
+        assert point.bridged == pytest.approx(sum(x.points[k].bridged for x in singles) / 4)
+    slopes = [x.per_doubling["bridged"] for x in singles]
+    assert pooled.per_doubling["bridged"] == pytest.approx(sum(slopes) / 4)
+    mean = sum(slopes) / 4
+    sd = (sum((v - mean) ** 2 for v in slopes) / 3) ** 0.5
+    assert pooled.per_doubling_se["bridged"] == pytest.approx(sd / 2)
+    assert pooled.points[-1] == singles[0].points[-1]  # the whole gallery is every draw's
+    with pytest.raises(Exception, match="draws must be >= 1"):
+        gallery_scaling(*scores, Relevance.pairs(800), metric="recall@10", draws=0)
 
 
 def test_mismatched_score_matrices_are_refused() -> None:
@@ -128,10 +150,11 @@ def test_at_deployed_size_rule_uses_measured_cells_and_extrapolated_retentions()
     falling = dataclasses.replace(
         report.scaling, deployed_items=10**6, at_deployed={"bridged": 0.8, "rerank": 0.96},
         per_doubling={"bridged": -0.02, "rerank": -0.001},
+        per_doubling_se={"bridged": 0.004, "rerank": 0.001},
     )  # fmt: skip
     moved = at_deployed_size(bridge, falling, cells)
     assert moved.at_deployed == "bridge+rerank" and moved.decision == "bridge"
-    assert "bridged 80.0% (-2.0 pt per doubling)" in moved.reason
+    assert "bridged 80.0% (-2.0 ± 0.4 pt per doubling)" in moved.reason
     kept = at_deployed_size(
         bridge, dataclasses.replace(falling, at_deployed={"bridged": 0.97}), cells
     )
