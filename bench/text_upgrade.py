@@ -394,8 +394,7 @@ def gallery_size_sweep(
             row = out[p.gallery]
             gap = p.new_new - p.old_old  # 0 on a gallery so small that both models are perfect
             fraction = (p.bridged - p.old_old) / gap if gap else float("nan")
-            retention = None if p.rerank is None else p.rerank / p.new_new
-            values = (p.old_old, p.new_new, p.bridged, fraction, p.rerank, retention)
+            values = (p.old_old, p.new_new, p.bridged, fraction, p.rerank, p.retention("rerank"))
             for k, v in zip(GALLERY_COLUMNS, values, strict=True):
                 row[k].append(float("nan") if v is None else v)
             log(f"gallery {p.gallery} seed {seed}: gain fraction {fraction:.3f}")
@@ -825,8 +824,9 @@ def _scaling(r: BridgeReport) -> list[str]:
         "|---|---|---|",
     ]
     for p in s.points:
-        rerank = "—" if p.rerank is None else f"{p.rerank / p.new_new:.3f}"
-        lines.append(f"| {p.gallery:,} | {p.bridged / p.new_new:.3f} | {rerank} |")
+        kept = {cell: p.retention(cell) for cell in ("bridged", "rerank")}
+        cells = " | ".join("—" if v is None else f"{v:.3f}" for v in kept.values())
+        lines.append(f"| {p.gallery:,} | {cells} |")
     at = {k: f"{v:.3f} ({per_doubling(s, k)})" for k, v in s.at_deployed.items()}
     lines.append(
         f"| {s.deployed_items:,} (extrapolated) | {at['bridged']} | {at.get('rerank', '—')} |"

@@ -167,21 +167,20 @@ def _text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scaling_lines(s: dict[str, Any] | None) -> list[str]:
+def _scaling_lines(data: dict[str, Any] | None) -> list[str]:
     """Retention on nested subsets of the gallery, and where its trend leads at the deployed size."""
-    if not s or len(s["points"]) < 2:
+    if not data or len(data["points"]) < 2:
         return []
-    lines = ["", f"gallery size   retention {s['metric']}: bridged / rerank"]
-    for p in s["points"]:
-        rerank = "" if p["rerank"] is None else f" / {p['rerank'] / p['new_new']:.3f}"
-        lines.append(f"  {p['gallery']:>11,}   {p['bridged'] / p['new_new']:.3f}{rerank}")
-    if s["deployed_items"] > s["points"][-1]["gallery"]:
-        from compat.gallery_scaling import GalleryScaling, per_doubling
+    from compat.gallery_scaling import GalleryScaling, per_doubling
 
-        scaling = GalleryScaling.from_dict(s)
+    s = GalleryScaling.from_dict(data)
+    lines = ["", f"gallery size   retention {s.metric}: bridged / rerank"]
+    for p in s.points:
+        kept = [v for v in (p.retention("bridged"), p.retention("rerank")) if v is not None]
+        lines.append(f"  {p.gallery:>11,}   " + " / ".join(f"{v:.3f}" for v in kept))
+    if s.deployed_items > s.points[-1].gallery:
         trend = ", ".join(
-            f"{name} {value:.3f} ({per_doubling(scaling, name)})"
-            for name, value in scaling.at_deployed.items()
+            f"{name} {value:.3f} ({per_doubling(s, name)})" for name, value in s.at_deployed.items()
         )
-        lines.append(f"  {s['deployed_items']:>11,}   extrapolated: {trend}")
+        lines.append(f"  {s.deployed_items:>11,}   extrapolated: {trend}")
     return lines

@@ -26,7 +26,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -106,9 +105,7 @@ def wave_calibration(
         own = (probes[:, None] == shared[None, :]).numpy()
         native = new_scores[probes][:, shared].double().numpy()  # (P, I)
         bridged = bridged_scores[probes][:, shared].double().numpy()
-        fitted = rank_matched_calibration(
-            np.where(own, -np.inf, bridged), np.where(own, -np.inf, native)
-        )
+        fitted = rank_matched_calibration(bridged, native, exclude=own)
         return lambda scores: torch.from_numpy(fitted(scores.double().numpy())).to(scores.dtype)
 
     return for_wave

@@ -65,14 +65,19 @@ def fit_calibration(bridged: np.ndarray, native: np.ndarray, bins: int = 24) -> 
     return Calibration(x, np.maximum.accumulate(y[first]), len(b))
 
 
-def rank_matched_calibration(bridged: np.ndarray, native: np.ndarray) -> Calibration:
+def rank_matched_calibration(
+    bridged: np.ndarray, native: np.ndarray, exclude: np.ndarray | None = None
+) -> Calibration:
     """bridged, native (P, I): pseudo-query p's scores for item i in each space; -inf = no evidence.
 
     Pairs each query's j-th best bridged score with its j-th best native score: the native score
     an item ranked j-th would get. Pairing by item instead fits E[n | b], which shrinks towards the
-    mean and ranks confident bridged hits too low when native scores are more spread. Entries that
-    are -inf in either matrix (a query's own item) sort first and are dropped.
+    mean and ranks confident bridged hits too low when native scores are more spread. ``exclude``
+    (P, I) bool marks pairs that are no evidence (a pseudo-query's own item); they and entries
+    that are -inf in either matrix sort first and are dropped.
     """
+    if exclude is not None:
+        bridged, native = np.where(exclude, -np.inf, bridged), np.where(exclude, -np.inf, native)
     b, n = np.sort(bridged, axis=1), np.sort(native, axis=1)
     keep = np.isfinite(b) & np.isfinite(n)
     return fit_calibration(b[keep], n[keep])

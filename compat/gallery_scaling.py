@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from compat.backfill_curves import Relevance, evaluate, rerank_metrics
+from compat.relevance_metrics import retention
 from kernels.errors import InvalidInputError
 
 SUBSETS = (8, 4, 2, 1)  # gallery sizes measured: G/8, G/4, G/2, G
@@ -45,6 +46,11 @@ class ScalePoint:
     bridged: float
     new_new: float
     rerank: float | None  # None when the cascade is off or deeper than the subset
+
+    def retention(self, cell: str) -> float | None:
+        """``cell`` ("bridged" or "rerank") / new_new; None when unmeasured or new_new is 0."""
+        value = getattr(self, cell)
+        return None if value is None or self.new_new == 0 else retention(value, self.new_new)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +167,7 @@ def gallery_scaling(
             se[name] = statistics.stdev(slopes) / math.sqrt(draws)
         # a line falls below zero far enough out; no retention does
         at_deployed[name] = (
-            _retention(getattr(points[-1], name), points[-1].new_new) or 0.0
+            points[-1].retention(name) or 0.0
             if deployed <= items
             else max(0.0, slope * math.log2(deployed) + intercept)
         )
@@ -211,14 +217,10 @@ def _mean_point(same: Sequence[ScalePoint]) -> ScalePoint:
 
 def _trend(points: Sequence[ScalePoint], name: str) -> tuple[float, float] | None:
     """Least-squares (slope, intercept) of ``name``'s retention on log2(gallery size)."""
-    values = [(p.gallery, _retention(getattr(p, name), p.new_new)) for p in points]
+    values = [(p.gallery, p.retention(name)) for p in points]
     if len(values) < 2 or any(r is None for _, r in values):
         return None
     return _line([math.log2(g) for g, _ in values], [r for _, r in values if r is not None])
-
-
-def _retention(value: float | None, new_new: float) -> float | None:
-    return None if value is None or new_new == 0 else value / new_new
 
 
 def _line(x: list[float], y: list[float]) -> tuple[float, float]:

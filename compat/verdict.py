@@ -133,6 +133,27 @@ class BridgeReport:
         return cls.from_dict(json.loads(text))
 
 
+def rule(
+    old_old: float,
+    bridged: float,
+    rerank: float | None,
+    kept: float,
+    kept_rerank: float | None,
+    target_retention: float,
+) -> Decision:
+    """The decision of this module's docstring; ``kept``/``kept_rerank``: retentions of new/new."""
+    if bridged > old_old and kept >= target_retention:
+        return "bridge"
+    if (
+        rerank is not None
+        and kept_rerank is not None
+        and rerank > max(bridged, old_old)
+        and kept_rerank >= target_retention
+    ):
+        return "bridge+rerank"
+    return "backfill"
+
+
 def decide(
     old_old: float,
     bridged: float,
@@ -143,21 +164,19 @@ def decide(
     target_retention: float = 0.95,
     backfill_note: str = "",
 ) -> Verdict:
-    """The rule in this module's docstring, on one metric's values."""
+    """The rule in this module's docstring, on one metric's values, with its reason."""
     kept = retention(bridged, new_new)
+    kept_rr = None if rerank is None else retention(rerank, new_new)
+    decision = rule(old_old, bridged, rerank, kept, kept_rr, target_retention)
     numbers = f"{metric}: old/old {old_old:.3f}, bridged {bridged:.3f}, new/new {new_new:.3f}"
-    if bridged > old_old and kept >= target_retention:
+    if decision == "bridge":
         reason = f"bridge: it beats the old model and keeps {kept:.1%} of the re-index ({numbers})"
-        return Verdict("bridge", reason, metric, target_retention)
-    if rerank is not None and rerank > max(bridged, old_old):
-        kept_rr = retention(rerank, new_new)
-        if kept_rr >= target_retention:
-            reason = (
-                f"bridge+rerank: the cascade ({rerank:.3f}) keeps {kept_rr:.1%} of the re-index, "
-                f"the bridge alone {kept:.1%} ({numbers})"
-            )
-            return Verdict("bridge+rerank", reason, metric, target_retention)
-    if bridged <= old_old:
+    elif decision == "bridge+rerank":
+        reason = (
+            f"bridge+rerank: the cascade ({rerank:.3f}) keeps {kept_rr:.1%} of the re-index, "
+            f"the bridge alone {kept:.1%} ({numbers})"
+        )
+    elif bridged <= old_old:
         reason = (
             f"do not bridge, backfill: bridging does not beat staying on the old model; serve the "
             f"old model until the backfill is done ({numbers}){backfill_note}"
@@ -168,7 +187,7 @@ def decide(
             f"(< {target_retention:.0%}); serve it mixed while the backfill runs ({numbers})"
             f"{backfill_note}"
         )
-    return Verdict("backfill", reason, metric, target_retention)
+    return Verdict(decision, reason, metric, target_retention)
 
 
 def at_deployed_size(verdict: Verdict, scaling: GalleryScaling, cells: dict[str, float]) -> Verdict:
@@ -181,16 +200,10 @@ def at_deployed_size(verdict: Verdict, scaling: GalleryScaling, cells: dict[str,
     kept, evaluated = scaling.at_deployed, scaling.points[-1].gallery if scaling.points else 0
     if scaling.deployed_items <= evaluated or "bridged" not in kept:
         return verdict
-    old, bridged, rerank = cells["old_old"], cells["bridged"], cells.get("rerank")
-    at: Decision = "backfill"
-    if bridged > old and kept["bridged"] >= verdict.target_retention:
-        at = "bridge"
-    elif (
-        rerank is not None
-        and rerank > max(bridged, old)
-        and kept.get("rerank", 0.0) >= verdict.target_retention
-    ):
-        at = "bridge+rerank"
+    at = rule(
+        cells["old_old"], cells["bridged"], cells.get("rerank"), kept["bridged"],
+        kept.get("rerank"), verdict.target_retention,
+    )  # fmt: skip
     if at == verdict.decision:
         return dataclasses.replace(verdict, at_deployed=at)
     trend = ", ".join(f"{name} {kept[name]:.1%} ({per_doubling(scaling, name)})" for name in kept)

@@ -69,7 +69,7 @@ def measure_calibration(
     n = q @ native.vectors(items).T  # (P, I)
     b = bridge(torch.from_numpy(q)).numpy() @ old.vectors(items).T  # (P, d_old) @ (d_old, I)
     own = probes[:, None] == items[None, :]  # a query's own item is no evidence
-    return rank_matched_calibration(np.where(own, -np.inf, b), np.where(own, -np.inf, n))
+    return rank_matched_calibration(b, n, exclude=own)
 
 
 @dataclasses.dataclass(frozen=True)
