@@ -7,11 +7,15 @@
         --sweep-only --sweep-recipes contrastive_affine   # + 60,000 lemma-string anchors
     HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --anchors 72000 --sweep-only \
         --sweep-recipes contrastive_affine,contrastive_affine+hard   # round 4: 72,000-synset pool
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/text_upgrade.py --anchors 9000 --distractors 18000 \
+        --out /tmp/distract/text_upgrade.md   # the same 2,000 queries on a 20,000-item gallery
 
 Task: WordNet synonym set -> its definition (models/text_data.py), Recall/MRR/nDCG@10, cosine.
 2,000 test synsets (with >= 2 lemmas) are both the queries (their synonyms) and the gallery
-(their definitions). Anchors need no labels: every other WordNet synset (any lemma count) gives
-two texts, its lemma string and its definition, each embedded by both models; the anchor pool is
+(their definitions); ``--distractors N`` adds N more definitions (further synsets of the same
+shuffle) that answer no query, so the verdict is measured on a gallery nearer a deployed one's
+size with every query kept. Anchors need no labels: every other WordNet synset (any lemma count)
+gives two texts, its lemma string and its definition, each embedded by both models; the pool is
 a fixed shuffle of those synsets, and each of 3 anchor-sample seeds fits on its own random sample
 of the pool. Adapters map new -> old (backward) so new queries search the untouched old gallery.
 ``--lemma-anchors N`` adds the lemma strings alone of N further synsets (the next ones in the same
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import platform
 import subprocess
@@ -78,13 +83,18 @@ RERANK_DEPTHS = (10, 20, 50, 100)
 # --- texts ---------------------------------------------------------------------------------------
 
 
-def build_texts(n_test: int, n_anchors: int, n_lemmas: int = 0) -> dict[str, list[str]]:
+def build_texts(
+    n_test: int, n_anchors: int, n_lemmas: int = 0, n_distractors: int = 0
+) -> dict[str, list[str]]:
     """Test queries/documents (seed-0 split, as in methods.md) and the anchor pool's prefix.
 
     anchors: blocks of BLOCK synsets, each block = their lemma strings then their definitions, so
     a longer pool reuses every cached block of a shorter one. lemma_anchors (``n_lemmas`` > 0): the
     lemma strings (the queries' text form) of the next ``n_lemmas`` synsets of the same shuffle,
     so disjoint from the test and from the pool (whose 10% held-out selection synsets stay unseen).
+    distractors (``n_distractors`` > 0): the definitions of the synsets after those, added to the
+    gallery as items no query asks for (one equal to a test definition is skipped: it would be a
+    second answer).
     """
     pairs = synonym_gloss_pairs()
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
@@ -102,12 +112,35 @@ def build_texts(n_test: int, n_anchors: int, n_lemmas: int = 0) -> dict[str, lis
         raise ValueError(
             f"--lemma-anchors {n_lemmas}: only {len(extra)} synsets left after the pool"
         )
+    docs = {pairs.documents[i] for i in test}
+    rest = (pool[i].definition for i in shuffle[n_anchors + n_lemmas :])
+    distractors = list(itertools.islice((d for d in rest if d not in docs), n_distractors))
+    if len(distractors) < n_distractors:
+        raise ValueError(
+            f"--distractors {n_distractors}: only {len(distractors)} synsets left after the pool"
+        )
     return {
         "test_queries": [pairs.queries[i] for i in test],
         "test_docs": [pairs.documents[i] for i in test],
         "anchors": anchors,
         **({"lemma_anchors": [", ".join(s.lemmas) for s in extra]} if n_lemmas else {}),
+        **({"distractors": distractors} if n_distractors else {}),
     }
+
+
+def with_distractors(vec: dict[str, Any]) -> dict[str, Any]:
+    """Append each model's distractor definitions to its test gallery (``test_docs``): the
+    gallery grows, the queries and their answers (the first rows) stay."""
+    for side in ("old", "new"):
+        if "distractors" in vec[side]:
+            rows = vec[side]
+            rows["test_docs"] = torch.cat([rows["test_docs"], rows.pop("distractors")])
+    return vec
+
+
+def test_relevance(vec: dict[str, Any]) -> Relevance:
+    """Test query i's answer is gallery row i; rows past the queries are distractors."""
+    return Relevance.pairs(len(vec["old"]["test_queries"]), len(vec["old"]["test_docs"]))
 
 
 def split_anchors(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,8 +399,9 @@ def gallery_size_sweep(
     args: argparse.Namespace, vec: dict[str, Any]
 ) -> dict[int, dict[str, list[float]]]:
     """(e) The same fitted bridges on galleries of growing size: nested random subsets of the test
-    synsets (their definitions the gallery, their lemma strings the queries), of ``--gallery-sizes``
-    items (compat.gallery_scaling, what the verdict's scale check measures).
+    synsets (their definitions the gallery, their lemma strings the queries) and of any
+    ``--distractors``, of ``--gallery-sizes`` items (compat.gallery_scaling, what the verdict's
+    scale check measures).
 
     Per size and seed: old/old, new/new and bridged R@10 and its gain fraction, and the cascade
     (bridged top ``--rerank-depth`` re-scored by new vectors) and its retention of new/new. A
@@ -386,7 +420,7 @@ def gallery_size_sweep(
         names = args.sweep_recipes[:1]
         bridge = fit_variants(anchors, seed, names=names)[names[0]]["adapter"].bridge()
         scaling = gallery_scaling(
-            old_scores, cosine(bridge(q), old_docs), new_scores, Relevance.pairs(len(q)),
+            old_scores, cosine(bridge(q), old_docs), new_scores, test_relevance(vec),
             metric="recall@10", rerank_depth=args.rerank_depth, sizes=args.gallery_sizes,
             seed=seed, draws=1,  # one subset sequence per seed: the seeds give the spread
         )  # fmt: skip
@@ -423,7 +457,7 @@ def _gallery_size_table(
 def test_cells(vec: dict[str, Any], bridge: Any, src: str = "new") -> dict[str, float]:
     """R/MRR/nDCG@10 of test queries (``src`` model, bridged) against the old test definitions."""
     scores = cosine(bridge(vec[src]["test_queries"]), vec["old"]["test_docs"])
-    return evaluate(scores, Relevance.pairs(len(scores)))
+    return evaluate(scores, test_relevance(vec))
 
 
 def fusion_cells(vec: dict[str, Any], anchors: Anchors, bridge: Any, src: str = "new") -> dict:
@@ -436,7 +470,7 @@ def fusion_cells(vec: dict[str, Any], anchors: Anchors, bridge: Any, src: str = 
         h["old_lem"], h[f"{src}_lem"], h["old_def"], Relevance.pairs(len(h["old_def"])), bridge
     )
     q = fusion(vec["old"]["test_queries"], vec[src]["test_queries"])
-    cells = evaluate(cosine(q, vec["old"]["test_docs"]), Relevance.pairs(len(q)))
+    cells = evaluate(cosine(q, vec["old"]["test_docs"]), test_relevance(vec))
     return {**cells, "alpha": fusion.alpha, "held_out": fusion.scores[fusion.alpha]}
 
 
@@ -457,7 +491,7 @@ def anchor_calibration(anchors: Anchors, bridge: Any, queries: int = 1000) -> An
 
 def reference_cells(vec: dict[str, Any]) -> SimpleNamespace:
     """old/old and new/new test cells, all :func:`gain_fraction` reads, without fitting a bridge."""
-    relevance = Relevance.pairs(len(vec["old"]["test_queries"]))
+    relevance = test_relevance(vec)
     cells = {
         f"{side}_{side}": evaluate(
             cosine(vec[side]["test_queries"], vec[side]["test_docs"]), relevance
@@ -492,7 +526,7 @@ def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[s
         "forward_mlp", y, x, direction="forward", config={"uncertainty": True, "hidden": 1024},
         seed=seed, options=FitOptions(epochs=8, lr=1e-3),
     ).adapter  # fmt: skip
-    test, relevance = vec, Relevance.pairs(len(vec["old"]["test_queries"]))
+    test, relevance = vec, test_relevance(vec)
     report = bridge_or_backfill(
         test["old"]["test_queries"], test["new"]["test_queries"], test["old"]["test_docs"],
         test["new"]["test_docs"], relevance, fitted[best]["adapter"], ks=(10,),
@@ -537,8 +571,8 @@ def one_seed(args: argparse.Namespace, vec: dict[str, Any], seed: int) -> dict[s
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    texts = build_texts(args.test, args.anchors, args.lemma_anchors)
-    vec = embed(args, texts)
+    texts = build_texts(args.test, args.anchors, args.lemma_anchors, args.distractors)
+    vec = with_distractors(embed(args, texts))
     if args.embed_only:
         return {"vec": vec}
     if args.gallery_sizes:  # (e) alone
@@ -588,7 +622,7 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         "",
         f"Old model: {vec['old_name']} (384-d, fp32). New model: {vec['new_name']} (768-d, "
         f"{args.dtype}). Task: WordNet synonyms → definition; {r0.queries} test synsets are the "
-        f"queries and the gallery. Anchor pool: {len(vec['old']['anchors']) // 2} other WordNet synsets "
+        f"queries and the gallery{distractors(r0)}. Anchor pool: {len(vec['old']['anchors']) // 2} other WordNet synsets "
         f"(lemma string + definition each, embedded by both models). Per seed: {seeds[0]['anchors']} "
         f"anchor synsets fitted on, {seeds[0]['held']} held out for selection; "
         f"{len(seeds)} seeds (mean ± std).",
@@ -619,6 +653,12 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
     ]  # fmt: skip
     return "\n".join(lines + _adapters(seeds, reports) + _sweep(args, out, reports) + _task(seeds, reports) + _curves(reports, seeds)
                      + _cost(args, out)) + "\n"  # fmt: skip
+
+
+def distractors(r: BridgeReport) -> str:
+    """How many gallery items answer no query, as a clause ("" when none)."""
+    extra = r.gallery - r.queries
+    return f", with the definitions of {extra:,} further synsets as distractors" if extra else ""
 
 
 def _fusion_row(label: str, cells: list[dict[str, Any]], reports: list[BridgeReport]) -> str:
@@ -859,6 +899,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--sweep-recipes", type=lambda v: [n for n in v.split(",") if n], default=list(SWEEP),
         help=f"label-free recipes the sweep fits (comma-separated; default {','.join(SWEEP)})",
     )  # fmt: skip
+    parser.add_argument(
+        "--distractors", type=int, default=0,
+        help="add the definitions of this many further synsets to the gallery (answers to no query)",
+    )  # fmt: skip
     parser.add_argument("--fraction", type=float, default=0.8, help="pool share fitted per seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rerank-depth", type=int, default=50)
@@ -874,7 +918,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--embed-only", action="store_true", help="fill the embedding cache, stop")
     parser.add_argument(
         "--gallery-sizes", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
-        help="only (e): the first --sweep-recipes recipe on galleries of these sizes (<= --test), print it",
+        help="only (e): the first --sweep-recipes recipe on galleries of these sizes (<= --test + --distractors), print it",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results/text_upgrade.md")
     parser.add_argument("--json", type=Path, default=None, help="also write seed 0's BridgeReport")
@@ -882,8 +926,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(args.sweep_recipes) - set(LABEL_FREE))
     if unknown:
         parser.error(f"--sweep-recipes {unknown}: expected some of {', '.join(LABEL_FREE)}")
-    if args.gallery_sizes and max(args.gallery_sizes) > args.test:
-        parser.error(f"--gallery-sizes up to {max(args.gallery_sizes)} needs --test >= that")
+    if args.gallery_sizes and max(args.gallery_sizes) > args.test + args.distractors:
+        parser.error(
+            f"--gallery-sizes up to {max(args.gallery_sizes)} needs --test + --distractors >= that"
+        )
     args.argv = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(args.threads)
     out = measure(args)

@@ -48,9 +48,13 @@ class Relevance:
     exclude: Tensor | None = None  # (Q,) gallery position removed from each query's ranking
 
     @classmethod
-    def pairs(cls, n: int) -> Relevance:
-        """Query i's one answer is gallery item i (synonyms -> their gloss)."""
-        return cls(torch.eye(n, dtype=torch.bool))
+    def pairs(cls, n: int, gallery: int | None = None) -> Relevance:
+        """Query i's one answer is gallery item i (synonyms -> their gloss); items n.. of a larger
+        ``gallery`` answer no query (distractors, as most of a deployed gallery is)."""
+        gallery = n if gallery is None else gallery
+        if gallery < n:
+            raise InvalidInputError(f"a gallery of {gallery} items cannot answer {n} queries")
+        return cls(torch.eye(n, gallery, dtype=torch.bool))
 
     @classmethod
     def labels(cls, query_labels: Tensor, gallery_labels: Tensor, *, self_match: bool) -> Relevance:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from compat.backfill_curves import Relevance, cosine, evaluate
 from compat.gallery_scaling import gallery_scaling, nested_subsets, restrict
 from compat.verdict import BridgeReport, Verdict, at_deployed_size, bridge_or_backfill
+from kernels.errors import InvalidInputError
 from tests.compat.test_verdict import brute_recall_at_10, world
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,6 +32,19 @@ def test_restrict_pairs_keeps_the_queries_whose_answer_is_in_the_subset() -> Non
     assert rows.tolist() == [1, 4, 6]
     assert rel.gains.tolist() == [[True, False, False], [False, True, False], [False, False, True]]
     assert rel.exclude is None
+
+
+def test_pairs_with_distractors_answer_no_query_and_subsets_keep_them() -> None:
+    relevance = Relevance.pairs(3, gallery=5)  # items 3 and 4: distractors
+    assert relevance.gains.tolist() == [
+        [True, False, False, False, False],
+        [False, True, False, False, False],
+        [False, False, True, False, False],
+    ]
+    rows, rel = restrict(relevance, torch.tensor([0, 3, 4]))
+    assert rows.tolist() == [0] and rel.gains.tolist() == [[True, False, False]]
+    with pytest.raises(InvalidInputError, match="cannot answer"):
+        Relevance.pairs(4, gallery=3)
 
 
 def test_restrict_with_a_self_match_remaps_it_and_drops_queries_left_alone() -> None:

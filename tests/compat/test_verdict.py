@@ -239,6 +239,8 @@ def test_text_upgrade_bench_runs_end_to_end_on_real_models(tmp_path: Path) -> No
         "5",
         "--rerank-depth",
         "20",
+        "--distractors",
+        "20",
     ]
     subprocess.run(
         [sys.executable, str(ROOT / "bench" / "text_upgrade.py"), *size, "--speed-pairs", "300"]
@@ -249,18 +251,19 @@ def test_text_upgrade_bench_runs_end_to_end_on_real_models(tmp_path: Path) -> No
     )
     report = BridgeReport.from_json(report_json.read_text())
     assert report.verdict.decision in ("bridge", "bridge+rerank", "backfill")
-    assert report.queries == 40
+    assert (report.queries, report.gallery) == (40, 60)  # 20 distractor definitions
     for cell in (report.old_old, report.bridged, report.new_new):
         assert 0.0 <= cell["recall@10"] <= 1.0
-    assert (tmp_path / "text_upgrade.md").read_text().startswith("#")
+    document = (tmp_path / "text_upgrade.md").read_text()
+    assert document.startswith("#") and "20 further synsets as distractors" in document
     # (e) the gallery-size sweep on the same (now cached) texts: nested subsets, one row per size
     sweep = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "text_upgrade.py"), *size, "--gallery-sizes", "20,40"]
+        [sys.executable, str(ROOT / "bench" / "text_upgrade.py"), *size, "--gallery-sizes", "20,60"]
         + ["--sweep-recipes", "procrustes"],
         check=True,
         timeout=900,
         capture_output=True,
         text=True,
     )
-    rows = [line for line in sweep.stdout.splitlines() if line.startswith(("| 20 |", "| 40 |"))]
+    rows = [line for line in sweep.stdout.splitlines() if line.startswith(("| 20 |", "| 60 |"))]
     assert len(rows) == 2 and all(len(row.split("|")) == 9 for row in rows)
