@@ -98,6 +98,24 @@ def test_eval_with_relevance_pairs(tmp_path) -> None:
     assert r["old_old"]["recall@10"] == 1.0 and r["new_new"]["recall@10"] == 1.0
 
 
+def test_gallery_rows_no_pair_names_are_distractors(tmp_path) -> None:
+    """Unlabelled items of a real gallery go in as rows no pair names: every query is kept."""
+    files = write_upgrade(tmp_path)
+    for side in ("old", "new"):
+        np.save(tmp_path / f"{side}_q.npy", np.load(files[side])[:100])
+    (tmp_path / "pairs.txt").write_text("".join(f"{i} {i}\n" for i in range(100)))
+    args = [
+        "eval", "--old-queries", str(tmp_path / "old_q.npy"), "--new-queries",
+        str(tmp_path / "new_q.npy"), "--old-gallery", str(files["old"]), "--new-gallery",
+        str(files["new"]), "--pairs", str(tmp_path / "pairs.txt"), "--fit", "procrustes", "--json",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert (r["queries"], r["gallery"]) == (100, 240)  # 140 distractors, no query dropped
+    assert r["new_new"]["recall@10"] == 1.0  # each query's own row is in its gallery
+
+
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path) -> None:
     files = write_upgrade(tmp_path)
     np.save(tmp_path / "short.npy", np.zeros((10, 24), np.float32))
