@@ -392,7 +392,7 @@ def anchor_sweep(args: argparse.Namespace, vec: dict[str, Any]) -> dict[int, dic
     return out
 
 
-GALLERY_COLUMNS = ("old", "new", "bridged", "fraction", "rerank", "retention")
+GALLERY_COLUMNS = ("queries", "old", "new", "bridged", "fraction", "rerank", "retention")
 
 
 def gallery_size_sweep(
@@ -428,7 +428,8 @@ def gallery_size_sweep(
             row = out[p.gallery]
             gap = p.new_new - p.old_old  # 0 on a gallery so small that both models are perfect
             fraction = (p.bridged - p.old_old) / gap if gap else float("nan")
-            values = (p.old_old, p.new_new, p.bridged, fraction, p.rerank, p.retention("rerank"))
+            values = (p.queries, p.old_old, p.new_new, p.bridged, fraction, p.rerank,
+                      p.retention("rerank"))  # fmt: skip
             for k, v in zip(GALLERY_COLUMNS, values, strict=True):
                 row[k].append(float("nan") if v is None else v)
             log(f"gallery {p.gallery} seed {seed}: gain fraction {fraction:.3f}")
@@ -439,15 +440,18 @@ def _gallery_size_table(
     rows: dict[int, dict[str, list[float]]], recipe: str, depth: int
 ) -> list[str]:
     lines = [
-        f"## Gallery size (e): the same `{recipe}` bridges, galleries of n test synsets (nested)",
+        f"## Gallery size (e): the same `{recipe}` bridges on nested random galleries of n items",
         "",
-        "| gallery (= queries) | old/old R@10 | new/new R@10 | bridged R@10 | gain fraction "
+        "Queries: the test synsets whose definition is in the gallery (mean over seeds).",
+        "",
+        "| gallery | queries | old/old R@10 | new/new R@10 | bridged R@10 | gain fraction "
         f"| bridge + rerank top-{depth} R@10 | its retention of new/new |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for n, row in rows.items():
-        cells = " | ".join(stat(row[k]) for k in GALLERY_COLUMNS)
-        lines.append(f"| {n} | {cells} |")
+        queries = round(sum(row["queries"]) / len(row["queries"]))
+        cells = " | ".join(stat(row[k]) for k in GALLERY_COLUMNS[1:])
+        lines.append(f"| {n} | {queries} | {cells} |")
     return lines + [""]
 
 

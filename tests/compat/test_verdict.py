@@ -266,4 +266,4 @@ def test_text_upgrade_bench_runs_end_to_end_on_real_models(tmp_path: Path) -> No
         text=True,
     )
     rows = [line for line in sweep.stdout.splitlines() if line.startswith(("| 20 |", "| 60 |"))]
-    assert len(rows) == 2 and all(len(row.split("|")) == 9 for row in rows)
+    assert len(rows) == 2 and all(len(row.split("|")) == 10 for row in rows)
