@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -55,7 +56,7 @@ from compat.backfill_curves import (
     order_random,
     rerank_metrics,
 )
-from compat.gallery_scaling import GalleryScaling, gallery_scaling, per_doubling
+from compat.gallery_scaling import CHECKED_REACH, GalleryScaling, gallery_scaling, per_doubling
 from compat.relevance_metrics import gain_over_status_quo, retention
 from compat.vectors import check_vectors
 from kernels.errors import InvalidInputError
@@ -198,20 +199,31 @@ def at_deployed_size(verdict: Verdict, scaling: GalleryScaling, cells: dict[str,
     only the retentions are extrapolated. Unchanged when the deployed gallery is not larger.
     """
     kept, evaluated = scaling.at_deployed, scaling.points[-1].gallery if scaling.points else 0
-    if scaling.deployed_items <= evaluated or "bridged" not in kept:
+    deployed = scaling.deployed_items
+    if deployed <= evaluated or "bridged" not in kept:
         return verdict
     at = rule(
         cells["old_old"], cells["bridged"], cells.get("rerank"), kept["bridged"],
         kept.get("rerank"), verdict.target_retention,
     )  # fmt: skip
-    if at == verdict.decision:
+    far = deployed > CHECKED_REACH * evaluated
+    if at == verdict.decision and not far:
         return dataclasses.replace(verdict, at_deployed=at)
     trend = ", ".join(f"{name} {kept[name]:.1%} ({per_doubling(scaling, name)})" for name in kept)
     note = (
-        f"; but at the deployed {scaling.deployed_items:,} items it would be {at}: retention "
-        f"extrapolated from galleries of {scaling.points[0].gallery:,}-{evaluated:,} items, "
-        f"{trend} (a log-linear trend: measure on a larger gallery before relying on either)"
+        f"; at the deployed {deployed:,} items it would "
+        + ("still be" if at == verdict.decision else "be")
+        + f" {at}: retention extrapolated from galleries of {scaling.points[0].gallery:,}-"
+        f"{evaluated:,} items, {trend} (a log-linear trend"
     )
+    if far:  # the trend has been checked against a measurement only this far out
+        note += (
+            f", read {deployed / evaluated:,.0f}x past the evaluated gallery where it is "
+            f"unchecked: evaluate on {math.ceil(deployed / CHECKED_REACH):,}+ items (unlabelled "
+            "gallery items as distractors will do) before relying on it)"
+        )
+    else:
+        note += ": measure on a larger gallery before relying on either)"
     return dataclasses.replace(verdict, reason=verdict.reason + note, at_deployed=at)
 
 

@@ -169,10 +169,16 @@ def test_at_deployed_size_rule_uses_measured_cells_and_extrapolated_retentions()
     moved = at_deployed_size(bridge, falling, cells)
     assert moved.at_deployed == "bridge+rerank" and moved.decision == "bridge"
     assert "bridged 80.0% (-2.0 ± 0.4 pt per doubling)" in moved.reason
-    kept = at_deployed_size(
+    near = dataclasses.replace(falling, deployed_items=4_000, at_deployed={"bridged": 0.97})
+    kept = at_deployed_size(bridge, near, cells)  # 10x the 400 evaluated items: checked reach
+    assert kept.at_deployed == "bridge" and kept.reason == "bridge: measured"
+    # the same answer 2,500x out is still said to be unchecked, with the gallery that would do
+    far = at_deployed_size(
         bridge, dataclasses.replace(falling, at_deployed={"bridged": 0.97}), cells
     )
-    assert kept.at_deployed == "bridge" and kept.reason == "bridge: measured"
+    assert far.at_deployed == "bridge" and "it would still be bridge" in far.reason
+    assert "2,500x past the evaluated gallery" in far.reason and "100,000+ items" in far.reason
+    assert "2,500x" in moved.reason  # a changed answer says it too
     # a bridge that does not beat the old model is never "bridge" at scale either
     worse = at_deployed_size(
         bridge, dataclasses.replace(falling, at_deployed={"bridged": 0.99}),
