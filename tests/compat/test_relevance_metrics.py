@@ -12,6 +12,7 @@ from compat.relevance_metrics import (
     relevance_matrix,
     relevance_metrics,
     retention,
+    top_positions,
 )
 from kernels.errors import InvalidInputError
 
@@ -54,6 +55,34 @@ def test_dense_scores_match_brute_force(seed: int, k: int) -> None:
     want = brute_force(scores, gains, k, self_match)
     for name in ("recall", "mrr", "ndcg"):
         assert got[f"{name}@{k}"] == pytest.approx(want[name]), name
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_top_positions_are_the_head_of_the_stable_sort_even_with_ties(seed: int) -> None:
+    """A few distinct scores over a wide gallery: the k-th best is tied with many others."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 6, (40, 300), generator=g).float()
+    scores[0, :] = 1.0  # a row that is one tie
+    scores[1, 5:] = float("-inf")  # a row with fewer finite scores than k
+    full = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    for k in (1, 10, 37, 299, 300, 400):
+        assert torch.equal(top_positions(scores, k), full[:, :k])
+
+
+def test_wide_tied_galleries_match_brute_force() -> None:
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 4, size=(25, 120)).astype(np.float32)
+    gains = (rng.random((25, 120)) < 0.05).astype(np.int64)
+    gains[np.arange(25), np.arange(25) + 30] = 1  # every query has one, never its own item
+    for self_match in (False, True):
+        got = relevance_metrics(
+            torch.from_numpy(scores), torch.from_numpy(gains > 0), ks=(1, 10),
+            exclude=torch.arange(25) if self_match else None,
+        )  # fmt: skip
+        for k in (1, 10):
+            want = brute_force(scores, gains, k, self_match)
+            for name in ("recall", "mrr", "ndcg"):
+                assert got[f"{name}@{k}"] == pytest.approx(want[name]), (name, k, self_match)
 
 
 def test_ranked_lists_with_padding_are_penalised_not_rescaled() -> None:
