@@ -626,7 +626,7 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         "",
         f"Old model: {vec['old_name']} (384-d, fp32). New model: {vec['new_name']} (768-d, "
         f"{args.dtype}). Task: WordNet synonyms → definition; {r0.queries} test synsets are the "
-        f"queries and the gallery{distractors(r0)}. Anchor pool: {len(vec['old']['anchors']) // 2} other WordNet synsets "
+        f"queries and the gallery{distractor_clause(r0)}. Anchor pool: {len(vec['old']['anchors']) // 2} other WordNet synsets "
         f"(lemma string + definition each, embedded by both models). Per seed: {seeds[0]['anchors']} "
         f"anchor synsets fitted on, {seeds[0]['held']} held out for selection; "
         f"{len(seeds)} seeds (mean ± std).",
@@ -659,7 +659,7 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
                      + _cost(args, out)) + "\n"  # fmt: skip
 
 
-def distractors(r: BridgeReport) -> str:
+def distractor_clause(r: BridgeReport) -> str:
     """How many gallery items answer no query, as a clause ("" when none)."""
     extra = r.gallery - r.queries
     return f", with the definitions of {extra:,} further synsets as distractors" if extra else ""
@@ -930,6 +930,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(args.sweep_recipes) - set(LABEL_FREE))
     if unknown:
         parser.error(f"--sweep-recipes {unknown}: expected some of {', '.join(LABEL_FREE)}")
+    if args.distractors < 0:
+        parser.error(f"--distractors must be >= 0, got {args.distractors}")
     if args.gallery_sizes and max(args.gallery_sizes) > args.test + args.distractors:
         parser.error(
             f"--gallery-sizes up to {max(args.gallery_sizes)} needs --test + --distractors >= that"
