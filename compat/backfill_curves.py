@@ -33,6 +33,7 @@ from compat.calibration import rank_matched_calibration
 from compat.metrics import curve_area
 from compat.relevance_metrics import ranked_relevance_metrics, relevance_metrics
 from kernels.errors import InvalidInputError
+from kernels.topk import exact_topk
 
 Ordering = Literal["random", "distance_to_mean", "uncertainty"]
 # migrated (G,) bool -> a monotone map of bridged scores onto the native scale, fitted for that wave
@@ -142,7 +143,7 @@ def rerank_metrics(
         rows = torch.arange(len(first))
         first[rows, relevance.exclude] = float("-inf")
         gains[rows, relevance.exclude] = 0.0
-    candidates = torch.sort(first, dim=1, descending=True, stable=True).indices[:, :depth]
+    candidates = exact_topk(first, depth).indices
     rescored = new_scores.float().gather(1, candidates)  # (Q, depth)
     within = torch.sort(rescored, dim=1, descending=True, stable=True).indices
     ranked = candidates.gather(1, within)  # (Q, depth) gallery positions, best first

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from kernels.errors import InvalidInputError
+from kernels.topk import exact_topk
 
 DEFAULT_KS = (10,)
 
@@ -89,28 +90,10 @@ def relevance_metrics(
         rel[rows, exclude] = 0.0
     # the excluded entry scores -inf: it would come last, so it is never among the counted ones
     counted = s.shape[1] - (0 if exclude is None else 1)
-    order = top_positions(s, min(max(ks), counted))
+    # only each row's best k count: exact top-k, never a whole-row sort (20,000-item galleries)
+    order = exact_topk(s, min(max(ks), counted)).indices
     per_query = ranked_relevance_metrics(order, rel, ks)
     return {name: float(values.mean()) for name, values in per_query.items()}
-
-
-def top_positions(scores: Tensor, k: int) -> Tensor:
-    """(Q, k): the first k positions of each row's stable descending sort (ties: lower index first).
-
-    Only the best k of a row count, so a whole row is never sorted (on 20,000-item galleries this is
-    what evaluation spends its time on): the k-th best score is found, every entry at or above it
-    (k, or more where the k-th best is tied) is kept, and only those are put in order.
-    """
-    if k >= scores.shape[1]:
-        return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    kth = torch.topk(scores, k, dim=1).values[:, -1:]  # (Q, 1)
-    inside = scores >= kth
-    width = int(inside.sum(dim=1).max())
-    # entries below the k-th best become -inf and sort after every kept one
-    kept = torch.topk(torch.where(inside, scores, float("-inf")), width, dim=1).indices
-    kept = kept.sort(dim=1).values  # ascending position: the stable sort below breaks ties by it
-    by_score = torch.sort(scores.gather(1, kept), dim=1, descending=True, stable=True).indices
-    return kept.gather(1, by_score)[:, :k]
 
 
 def retention(bridged: float, full_reindex: float) -> float:

@@ -85,8 +85,8 @@ def _ordered(values: Tensor, indices: Tensor) -> TopK:
     return TopK(values, indices.gather(1, perm))
 
 
-def _tile_topk(scores: Tensor, k: int) -> TopK:
-    """Exact top-k of a (m, C) score tile under the tie rule; local indices, ordered.
+def exact_topk(scores: Tensor, k: int) -> TopK:
+    """Exact top-k of a (m, C) score matrix under the tie rule; column indices, ordered.
 
     ``torch.topk`` picks an unspecified subset among values equal to the k-th; asking for k+1
     shows where that can matter (the (k+1)-th equals the k-th) and only those rows are re-ranked
@@ -142,7 +142,7 @@ def _topk_torch(queries: Tensor, gallery: Tensor, k: int, chunk: int | None = No
             best: TopK | None = None
             for n0 in range(0, n, chunk):
                 scores = qb @ _as(gallery[n0 : n0 + chunk], ct).T  # (b, d) @ (d, c) -> (b, c)
-                top = _tile_topk(scores, min(k, scores.shape[1]))
+                top = exact_topk(scores, min(k, scores.shape[1]))
                 top = TopK(top.scores, top.indices + n0)
                 best = top if best is None else _merge(best, top, k)
             assert best is not None  # k >= 1 implies n >= 1: the loop ran

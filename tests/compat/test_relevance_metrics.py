@@ -12,9 +12,9 @@ from compat.relevance_metrics import (
     relevance_matrix,
     relevance_metrics,
     retention,
-    top_positions,
 )
 from kernels.errors import InvalidInputError
+from kernels.topk import exact_topk
 
 
 def brute_force(
@@ -58,7 +58,7 @@ def test_dense_scores_match_brute_force(seed: int, k: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_top_positions_are_the_head_of_the_stable_sort_even_with_ties(seed: int) -> None:
+def test_exact_topk_is_the_head_of_the_stable_sort_even_with_ties(seed: int) -> None:
     """A few distinct scores over a wide gallery: the k-th best is tied with many others."""
     g = torch.Generator().manual_seed(seed)
     scores = torch.randint(0, 6, (40, 300), generator=g).float()
@@ -66,7 +66,7 @@ def test_top_positions_are_the_head_of_the_stable_sort_even_with_ties(seed: int)
     scores[1, 5:] = float("-inf")  # a row with fewer finite scores than k
     full = torch.sort(scores, dim=1, descending=True, stable=True).indices
     for k in (1, 10, 37, 299, 300, 400):
-        assert torch.equal(top_positions(scores, k), full[:, :k])
+        assert torch.equal(exact_topk(scores, k).indices, full[:, :k])
 
 
 def test_wide_tied_galleries_match_brute_force() -> None:
