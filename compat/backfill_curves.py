@@ -16,6 +16,10 @@ Orderings (which items to re-embed first), each a permutation of gallery positio
   ordering, computed before any item is re-embedded);
 - ``uncertainty``: highest predicted uncertainty first (FastFill's σ from a forward map's head).
 
+A reference, not an ordering anyone can run (:func:`order_culprits_first` reads the relevance
+labels): the items that are some query's wrong top-1 answer before any migration go first. It
+bounds what an ordering could gain where the deployable ones do not beat random.
+
 Pure torch; no SQL, no FAISS.
 """
 
@@ -193,6 +197,23 @@ def order_distance_to_mean(
 def order_by_uncertainty(uncertainty: Tensor) -> Tensor:
     """Most uncertain (highest σ) first; ties by position."""
     return torch.sort(uncertainty.float(), descending=True, stable=True).indices
+
+
+def order_culprits_first(bridged_scores: Tensor, relevance: Relevance) -> Tensor:
+    """A label oracle: items that are the wrong top-1 answer of the most queries at β = 0 first.
+
+    bridged_scores (Q, G): the bridge-only scores. An item "answers wrongly" when it ranks first
+    for a query it is not relevant to (self-matches excluded); migrating it replaces that score by
+    the new model's. Reads the relevance, so it is a ceiling to compare deployable orderings with,
+    never an ordering to run; the other items follow in position order.
+    """
+    scores = bridged_scores.float().clone()
+    if relevance.exclude is not None:
+        scores[torch.arange(len(scores)), relevance.exclude] = -math.inf
+    top = scores.argmax(dim=1)  # (Q,)
+    wrong = relevance.gains[torch.arange(len(scores)), top] <= 0
+    blame = torch.bincount(top[wrong], minlength=scores.shape[1])  # (G,) wrong answers per item
+    return torch.sort(blame, descending=True, stable=True).indices
 
 
 @dataclasses.dataclass(frozen=True)

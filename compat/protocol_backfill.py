@@ -18,7 +18,11 @@ in the new space, so the merge needs no calibration. Orderings:
 - ``distance_to_mean``: farthest from their k-means mean in the old space first;
 - ``uncertainty``: FastFill's σ, from a ``forward_mlp`` (old → new, uncertainty head) fitted on the
   training images' paired features, evaluated on the old gallery vectors (most uncertain first;
-  for ``fastfill`` the very map that transforms the gallery).
+  for ``fastfill`` the very map that transforms the gallery);
+- ``oracle_culprits`` (a reference, not an ordering a user can run: it reads the test labels):
+  the gallery items that are some query's wrong top-1 answer at β = 0 first
+  (:func:`compat.backfill_curves.order_culprits_first`). It shows how much *any* ordering could
+  add over random on this protocol; the report's target leaves it out.
 
 The area is FastFill's M̃ (mean over β in [0, 1]); ``fraction_to_target`` is where the curve first
 reaches 95% of the full re-index's top-1.
@@ -32,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from compat.backfill_curves import (
-    ORDERINGS,
     Relevance,
     backfill_curve,
     cosine,
     evaluate,
     order_by_uncertainty,
+    order_culprits_first,
     order_distance_to_mean,
     order_random,
     wave_calibration,
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
 
 METRIC = "mrr@1"  # with label relevance and the self-match removed: CMC top-1
 FASTFILL = "fastfill"  # the forward-transformed gallery's bridge row (no backward map)
+ORACLE = "oracle_culprits"  # a reference ceiling that reads the labels, not a deployable ordering
 
 
 def _source(row: str) -> str:
@@ -76,12 +81,17 @@ def forward_map(run: Run, source: str) -> ForwardMLPAdapter:
     return report.adapter
 
 
-def _orders(run: Run, sigma: Tensor, items: int) -> dict[str, Tensor]:
-    """Every ordering of the first ``items`` gallery items; ``sigma`` (items,) is FastFill's σ."""
+def _orders(
+    run: Run, sigma: Tensor, bridged_scores: Tensor, relevance: Relevance
+) -> dict[str, Tensor]:
+    """Every ordering of the gallery (G items); ``sigma`` (G,) is FastFill's σ, the bridge-only
+    scores and the relevance feed the label oracle."""
+    items = len(sigma)
     return {
         "random": order_random(items, seed=run.seed),
         "distance_to_mean": order_distance_to_mean(run.old_test[:items], seed=run.seed),
         "uncertainty": order_by_uncertainty(sigma),
+        ORACLE: order_culprits_first(bridged_scores, relevance),
     }
 
 
@@ -118,7 +128,7 @@ def backfill_curves(run: Run, say: Any = None) -> dict[str, Any]:
             maps[source] = forward_map(run, source)
         new_scores, bridged_scores, sigma = _scores(run, row, items, maps[source])
         full = evaluate(new_scores, relevance, (1,))[METRIC]
-        orders = _orders(run, sigma, items)
+        orders = _orders(run, sigma, bridged_scores, relevance)
         # one space for fastfill; backward rows merge two scales, calibrated as serving does
         calibration = (
             None if row == FASTFILL else wave_calibration(new_scores, bridged_scores, seed=run.seed)
@@ -137,7 +147,7 @@ def backfill_curves(run: Run, say: Any = None) -> dict[str, Any]:
                     calibration=calibration,
                 )
             )
-            for name in ORDERINGS
+            for name in orders
         }
         if say:
             areas = ", ".join(f"{k} {v['area']:.3f}" for k, v in out[row].items())

@@ -235,7 +235,7 @@ def test_fastfill_searches_the_forward_transformed_gallery_with_plain_new_querie
     )
     curves = backfill.backfill_curves(run)["fastfill"]  # type: ignore[arg-type]
     full = self_retrieval_metrics(new[:100], new[:100], labels[:100])["top1"]
-    assert set(curves) == {"random", "distance_to_mean", "uncertainty"}
+    assert set(curves) == {"random", "distance_to_mean", "uncertainty", backfill.ORACLE}
     for curve in curves.values():
         assert curve["values"] == pytest.approx([full] * 5)
 

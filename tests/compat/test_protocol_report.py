@@ -48,3 +48,16 @@ def test_the_independent_baselines_are_never_counted() -> None:
     results = _with_rows({"independent@monarch": _cells(0.7, 0.1, 0.9)})
     assert ecc_failures(results["summary"]) == {}
     assert _ecc_target(results)["met"]
+
+
+def test_the_backfill_target_never_counts_the_label_oracle() -> None:
+    """The oracle reads the test labels: its margin is quoted as the ceiling, never as the best."""
+    from compat.protocol_backfill import ORACLE
+
+    results = _results(0.81, 1.0, 0.01)
+    orders = results["backfill"]["posthoc:procrustes"]
+    orders[ORACLE] = {**orders["uncertainty"], "margin_over_random": (0.06, 0.0)}
+    target = next(t for t in targets(results) if t["target"].startswith("backfill"))
+    assert target["value"] == 0.01 and not target["met"]
+    assert target["best"] == "posthoc:procrustes / uncertainty (the label oracle's best: +0.060)"
+    assert f"| posthoc:procrustes | {ORACLE} |" in render_tables(results)

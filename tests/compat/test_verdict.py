@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from compat.adapters import build_adapter
 from compat.backfill_curves import (
     Relevance,
+    backfill_curve,
     fraction_reaching,
     kmeans,
+    order_culprits_first,
     order_distance_to_mean,
+    order_random,
     rerank_metrics,
 )
 from compat.verdict import BridgeReport, bridge_or_backfill, decide
@@ -203,6 +206,27 @@ def test_distance_to_mean_puts_outliers_first() -> None:
     _, assign = kmeans(x, 4, seed=0)
     assert len(set(assign.tolist())) == 4
     assert int(order_distance_to_mean(x, clusters=4)[0]) == 7
+
+
+def test_the_label_oracle_migrates_the_wrong_top1_answers_first() -> None:
+    """Items 3 and 5 are the bridge's wrong top-1 answers (3 for two queries, 5 for one), self-
+    matches excluded: they go first, by count; migrating them alone brings the full re-index."""
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    relevance = Relevance.labels(labels, labels, self_match=True)
+    new = torch.eye(6)[[1, 0, 3, 2, 5, 4]].float()  # new/new: each item's same-class partner first
+    bridged = new.clone()
+    bridged[[0, 1], 3] = 2.0  # both class-0 queries land on item 3 (class 1)
+    bridged[2, 5] = 2.0  # query 2 lands on item 5 (class 2)
+    bridged[3, 3] = 9.0  # a self-match never counts
+    order = order_culprits_first(bridged, relevance)
+    assert order[:2].tolist() == [3, 5] and sorted(order.tolist()) == list(range(6))
+    curve = backfill_curve(
+        new, bridged, relevance, order, ordering="oracle", metric="mrr@1", points=4, target=1.0
+    )
+    assert curve.values[0] == pytest.approx(0.5) and curve.values[1:] == pytest.approx([1.0] * 3)
+    shuffled = backfill_curve(new, bridged, relevance, order_random(6, seed=1), ordering="random",
+                              metric="mrr@1", points=4, target=1.0)  # fmt: skip
+    assert curve.area >= shuffled.area
 
 
 def _has(module: str) -> bool:
