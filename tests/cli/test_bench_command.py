@@ -35,7 +35,7 @@ def test_bench_compat_quick_writes_every_number(tmp_path) -> None:
     for chain in results["chains"].values():
         assert 0.0 <= chain["ac"][0] <= 1.0
     for orders in results["backfill"].values():
-        assert set(orders) == {"random", "distance_to_mean", "uncertainty"}
+        assert set(orders) == {"random", "distance_to_mean", "uncertainty", "oracle_culprits"}
         for curve in orders.values():  # the curve runs from the bridge alone to the full re-index
             assert curve["fractions"][0] == 0.0 and curve["fractions"][-1] == 1.0
     written = {p.name for p in tmp_path.iterdir()}
