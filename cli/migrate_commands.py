@@ -27,7 +27,14 @@ def plan(
             "--to", help="Space to move them to (made for a version of that name if missing)."
         ),
     ],
-    order: Annotated[str, typer.Option(help="Ordering: random, insertion.")] = "random",
+    order: Annotated[
+        str,
+        typer.Option(
+            help="Ordering: random, insertion, distance_to_mean (farthest from its k-means mean "
+            "in the stored vectors first), access_frequency (most often returned by search "
+            "first); uncertainty needs per-item scores (Python API: index.migrate.plan(score=))."
+        ),
+    ] = "random",
     seed: Annotated[int, typer.Option(help="Seed of the random ordering.")] = 0,
     directory: DataDir = DEFAULT_DIR,
     database: Database = None,

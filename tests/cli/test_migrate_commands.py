@@ -170,3 +170,24 @@ def test_cutover_rollback_and_doctor(deployment) -> None:
     result = cli("doctor", *d, ok=False)
     assert result.exit_code == 1 and "v1.999.faiss" in result.stdout
     assert json.loads(cli("doctor", "--repair", "--json", *d).stdout)["clean"] is True
+
+
+@pytest.mark.parametrize("order", ["insertion", "distance_to_mean", "access_frequency"])
+def test_every_ordering_the_help_names_plans_from_the_cli(deployment, order: str) -> None:
+    _, data = deployment
+    d = ("--dir", str(data))
+    assert order in cli("migrate", "plan", "--help").stdout
+    plan = json.loads(
+        cli("migrate", "plan", "--from", "v1", "--to", "v2", "--order", order, "--yes", "--json",
+            *d).stdout
+    )  # fmt: skip
+    status = json.loads(cli("migrate", "status", str(plan["run"]), "--json", *d).stdout)
+    assert status["ordering"] == order and status["total"] == N
+
+
+def test_uncertainty_from_the_cli_says_it_needs_scores(deployment) -> None:
+    _, data = deployment
+    result = cli("migrate", "plan", "--from", "v1", "--to", "v2", "--order", "uncertainty",
+                 "--yes", "--dir", str(data), ok=False)  # fmt: skip
+    assert result.exit_code != 0 and "needs a per-item score" in str(result.exception)
+    assert json.loads(cli("status", "--dir", str(data), "--json").stdout)["migrations"] == []
