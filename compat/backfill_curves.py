@@ -68,6 +68,16 @@ class Relevance:
         exclude = torch.arange(len(query_labels)) if self_match else None
         return cls(gains, exclude)
 
+    def without_self(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """(Q, G) scores -> (float32 scores, float64 gains), each query's excluded self-match at
+        -inf and gain 0, so no ranking counts it; copies, the inputs stay as they are."""
+        s, gains = scores.float().clone(), self.gains.to(torch.float64).clone()
+        if self.exclude is not None:
+            rows = torch.arange(len(s))
+            s[rows, self.exclude] = float("-inf")
+            gains[rows, self.exclude] = 0.0
+        return s, gains
+
 
 def cosine(queries: Tensor, gallery: Tensor) -> Tensor:
     """(Q, d) x (G, d) -> (Q, G) cosine scores (rows re-normalised; widths must match)."""
@@ -141,12 +151,7 @@ def rerank_metrics(
         raise InvalidInputError(
             f"rerank depth must be in 1..{bridged_scores.shape[1]}, got {depth}"
         )
-    first = bridged_scores.float().clone()
-    gains = relevance.gains.to(torch.float64).clone()
-    if relevance.exclude is not None:
-        rows = torch.arange(len(first))
-        first[rows, relevance.exclude] = float("-inf")
-        gains[rows, relevance.exclude] = 0.0
+    first, gains = relevance.without_self(bridged_scores)
     candidates = exact_topk(first, depth).indices
     rescored = new_scores.float().gather(1, candidates)  # (Q, depth)
     within = torch.sort(rescored, dim=1, descending=True, stable=True).indices
@@ -207,11 +212,9 @@ def order_culprits_first(bridged_scores: Tensor, relevance: Relevance) -> Tensor
     the new model's. Reads the relevance, so it is a ceiling to compare deployable orderings with,
     never an ordering to run; the other items follow in position order.
     """
-    scores = bridged_scores.float().clone()
-    if relevance.exclude is not None:
-        scores[torch.arange(len(scores)), relevance.exclude] = -math.inf
-    top = scores.argmax(dim=1)  # (Q,)
-    wrong = relevance.gains[torch.arange(len(scores)), top] <= 0
+    scores, gains = relevance.without_self(bridged_scores)
+    top = scores.argmax(dim=1)  # (Q,) the first position among tied best, as a stable sort ranks
+    wrong = gains[torch.arange(len(scores)), top] <= 0
     blame = torch.bincount(top[wrong], minlength=scores.shape[1])  # (G,) wrong answers per item
     return torch.sort(blame, descending=True, stable=True).indices
 
