@@ -16,6 +16,7 @@ The registered adapters live in small modules imported at the bottom of this one
 
 - ``orthogonal`` (here), ``orthogonal_monarch`` (compat/monarch_adapter.py): exactly orthogonal maps;
 - ``procrustes``, ``affine`` (compat/closed_form.py): closed-form fits on paired anchors;
+  ``procrustes_monarch`` (compat/monarch_adapter.py): Procrustes restricted to orthogonal Monarch maps;
 - ``lambda_orthogonal``, ``low_rank_affine`` (compat/linear_adapters.py): gradient-trained linear maps;
 - ``residual_mlp``, ``residual_mlp_nca``, ``forward_mlp`` (compat/mlp_adapters.py): nonlinear maps, no
   serving form (label terms shared in compat/label_terms.py);

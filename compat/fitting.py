@@ -41,6 +41,7 @@ DEFAULT_CANDIDATES = (
     "procrustes",
     "orthogonal",
     "orthogonal_monarch",
+    "procrustes_monarch",
     "affine",
     "lambda_orthogonal",
     "low_rank_affine",

@@ -1,4 +1,5 @@
-"""Closed-form solvers on paired anchors, in fp64: orthogonal Procrustes and (ridge) least squares.
+"""Closed-form solvers on paired anchors, in fp64: orthogonal Procrustes (dense, and restricted to
+orthogonal Monarch maps) and (ridge) least squares.
 
 Pure functions of tensors, no adapter in sight: the closed-form adapters (compat/closed_form.py) are
 these solvers plus buffers, and gradient-trained adapters call :func:`procrustes_map` to start from
@@ -8,9 +9,11 @@ digits in fp32.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Rectangular = Literal["stiefel", "truncate"]
@@ -49,3 +52,48 @@ def least_squares_map(x: Tensor, y: Tensor, ridge: float = 0.0) -> Tensor:
         gram = xd.T @ xd + ridge * torch.eye(x.shape[1], dtype=torch.float64)
         return torch.linalg.solve(gram, xd.T @ yd)
     return torch.linalg.pinv(xd) @ yd  # pinv: min-norm even when rank-deficient
+
+
+def monarch_procrustes(
+    x: Tensor, y: Tensor, nblocks: int, *, sweeps: int = 100, tol: float = 1e-9
+) -> tuple[Tensor, Tensor]:
+    """Procrustes restricted to orthogonal Monarch maps: factors maximising tr(Q[:, :d_out]ᵀ xᵀy).
+
+    x (N, d_in), y (N, d_out); pass centred data for the centred fit. Q (n, n), n = max(d_in,
+    d_out), is the product :mod:`kernels.monarch` runs for w1 (nblocks, b, b) and w2 (b, nblocks,
+    nblocks), b = n / nblocks, with x zero-padded to n and Q's first d_out columns kept — the layout
+    of the ``orthogonal_monarch`` adapter. The trace, not ‖xQ − y‖²: narrowing, the least-squares
+    map keeps the source's highest-energy directions instead of the ones that agree with the target
+    (on the protocol it copies the old model's mistakes, docs/results/compat.md). With y zero-padded
+    to n the two agree, as ‖xQ‖ = ‖x‖ for a square rotation.
+
+    Block-coordinate ascent from the identity: with one factor fixed the trace splits into one small
+    Procrustes problem per block of the other, each solved exactly by an SVD, so the trace never
+    falls; stops after ``sweeps`` or when a sweep gains less than ``tol`` of it. A local optimum,
+    deterministic; nblocks = 1 is dense Procrustes exactly. Returns (w1, w2), fp64, orthogonal blocks.
+    """
+    n, count = max(x.shape[1], y.shape[1]), len(x)
+    size = n // nblocks
+    xb = F.pad(x.double(), (0, n - x.shape[1])).view(count, nblocks, size).transpose(0, 1)
+    # output feature s·size + l lives in the second factor's block l: (size, N, nblocks)
+    yb = F.pad(y.double(), (0, n - y.shape[1])).view(count, nblocks, size).permute(2, 0, 1)
+    w1 = torch.eye(size, dtype=torch.float64).repeat(nblocks, 1, 1)
+    w2 = torch.eye(nblocks, dtype=torch.float64).repeat(size, 1, 1)
+    best = -math.inf
+    for _ in range(sweeps):
+        # the stride permutation: middle feature r·size + l goes to block l, entry r
+        middle = torch.bmm(xb, w1.transpose(1, 2)).transpose(0, 1).reshape(count, nblocks, size)
+        w2 = _block_procrustes(middle.permute(2, 0, 1), yb)
+        trace = float((torch.bmm(middle.permute(2, 0, 1), w2.transpose(1, 2)) * yb).sum())
+        pulled = torch.bmm(yb, w2).permute(1, 2, 0).reshape(count, nblocks, size).transpose(0, 1)
+        w1 = _block_procrustes(xb, pulled)  # the targets pulled back through w2 and the permutation
+        if trace - best <= tol * abs(trace):
+            break
+        best = trace
+    return w1, w2
+
+
+def _block_procrustes(a: Tensor, b: Tensor) -> Tensor:
+    """W (G, s, s) orthogonal per block minimising ‖a_g W_gᵀ − b_g‖: a, b (G, N, s)."""
+    u, _, vh = torch.linalg.svd(a.transpose(1, 2) @ b)
+    return (u @ vh).transpose(1, 2)
