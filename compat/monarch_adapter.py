@@ -191,10 +191,10 @@ class ProcrustesMonarchConfig(OrthogonalMonarchConfig):
 class ProcrustesMonarchAdapter(OrthogonalMonarchAdapter):
     """Centred Procrustes restricted to orthogonal Monarch maps, in closed form (no gradient steps).
 
-    The solve that starts ``orthogonal_monarch``'s fit is the whole fit: it maximises the trace
-    Procrustes maximises, which keeps the class structure the old model's features agree on, where
-    the gradient fit's least squares drifts towards reproducing the old features themselves (on the
-    protocol, top-1 0.780 → 0.747 over 15 epochs, seed 0; docs/results/compat.md).
+    The solve that starts ``orthogonal_monarch``'s fit is the whole fit: it maximises the agreement
+    Procrustes maximises (the trace of QᵀxᵀY), where the gradient fit's least squares, narrowing,
+    favours the source's highest-energy directions and drifts towards reproducing the old features,
+    the old model's mistakes included (the protocol's top-1: docs/results/compat.md, stop 18).
     """
 
     key = "procrustes_monarch"
