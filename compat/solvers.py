@@ -75,6 +75,8 @@ def monarch_procrustes(
     fp64, orthogonal blocks.
     """
     n = max(x.shape[1], y.shape[1])
+    if nblocks < 1 or n % nblocks:
+        raise ValueError(f"nblocks={nblocks} must divide max(d_in, d_out)={n}")
     size = n // nblocks
     cross = F.pad(x.double(), (0, n - x.shape[1])).T @ F.pad(y.double(), (0, n - y.shape[1]))
     # Both stride permutations (middle and output) send feature r·size + l to the second factor's
@@ -87,8 +89,9 @@ def monarch_procrustes(
     for _ in range(sweeps):
         # the first factor applied to the rows, which then move through the middle permutation
         mixed = torch.bmm(w1, cross.view(nblocks, size, n)).reshape(n, n)[order][:, order]
-        w2 = _procrustes_blocks(_diagonal_blocks(mixed, size))  # (size, nblocks, nblocks)
-        trace = float(torch.einsum("bij,bji->", w2, _diagonal_blocks(mixed, size)))
+        second = _diagonal_blocks(mixed, size)  # (size, nblocks, nblocks): what each w2 block sees
+        w2 = _procrustes_blocks(second)
+        trace = float(torch.einsum("bij,bji->", w2, second))
         # the targets pulled back through w2 and the middle permutation, against x's blocks
         pulled = torch.bmm(by_block.view(n, size, nblocks).transpose(0, 1), w2)
         back = torch.empty_like(cross)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import kernels
 from compat.adapters import build_adapter, no_decay_parameters
 from compat.fitting import FitOptions, fit_adapter
-from compat.monarch_adapter import default_nblocks
+from compat.monarch_adapter import MonarchServingForm, default_nblocks
 from compat.solvers import monarch_procrustes, procrustes_map
 from kernels.errors import InvalidInputError
 from kernels.monarch import apply_monarch, prepare_monarch
@@ -138,15 +138,20 @@ def test_block_procrustes_with_one_block_is_dense_procrustes() -> None:
     f1, f2 = monarch_procrustes(x, y, 1)
     dense = apply_monarch(torch.eye(32), prepare_monarch(f1.float(), f2.float()))[:, :20]
     torch.testing.assert_close(dense, procrustes_map(x, y).float(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="nblocks=5 must divide"):
+        monarch_procrustes(x, y, 5)
 
 
 def test_block_procrustes_beats_the_gradient_fit_on_the_trace_it_maximises() -> None:
-    """On noisy narrowing pairs the solve's tr(Qᵀxᵀy) is at least any orthogonal Monarch map's
-    the gradient fit reaches, and at most dense Procrustes' (a superset of maps)."""
+    """Noisy narrowing pairs: the solve's tr(Qᵀxᵀy) beats the gradient fit's (least squares from a
+    random start) and stays within dense Procrustes' maximum (a superset of maps)."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(600, 48, generator=g)
     y = x[:, :24] @ torch.randn(24, 24, generator=g) + 0.5 * torch.randn(600, 24, generator=g)
-    trace = lambda q: float(((x @ q) * y).sum())  # noqa: E731
+
+    def trace(q: torch.Tensor) -> float:
+        return float(((x @ q) * y).sum())
+
     f1, f2 = monarch_procrustes(x, y, 4)
     solved = apply_monarch(torch.eye(48), prepare_monarch(f1.float(), f2.float()))
     trained = fit_adapter(
@@ -190,6 +195,7 @@ def test_procrustes_monarch_is_the_solve_alone_and_serves_its_factors() -> None:
     assert report.losses == []  # closed form: no gradient training
     adapter = report.adapter
     assert adapter.bias is not None  # the centred fit's offset
+    assert isinstance(adapter.serving_form(), MonarchServingForm)
     torch.testing.assert_close(adapter.transform(x), torch.nn.functional.normalize(y, dim=1))
     with pytest.raises(InvalidInputError, match="init=procrustes"):
         build_adapter("procrustes_monarch", {"dim_in": 64, "dim_out": 64, "init": "random"})
