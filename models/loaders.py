@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -32,6 +33,7 @@ from models.encoder_base import (  # noqa: F401  (re-exported: the loaders' publ
     PretrainedEncoder,
     Progress,
     fingerprint,
+    native_bf16,
     weights_sha256,
 )
 from models.pretrained import import_library
@@ -74,7 +76,8 @@ def load_sentence_transformer(
     """Load a sentence-transformers model offline (CPU, eval) as a text :class:`PretrainedEncoder`.
 
     ``compute_dtype="bfloat16"`` runs the matmuls under CPU autocast: ~2x faster where the CPU has
-    bf16 instructions (AVX512-BF16/AMX), rows within ~1e-4 cosine of fp32 on MPNet. It changes the
+    bf16 instructions (AVX512-BF16/AMX), rows within ~1e-4 cosine of fp32 on MPNet, and several
+    times slower where it has not (:func:`native_bf16`; a warning says so). It changes the
     vectors, so it is part of the fingerprint.
     """
     if compute_dtype not in COMPUTE_DTYPES:
@@ -91,6 +94,14 @@ def load_sentence_transformer(
     dim = int(model.get_embedding_dimension())
     pooling = next((str(m.pooling_mode) for m in model if hasattr(m, "pooling_mode")), "none")
     bf16 = compute_dtype == "bfloat16"
+    if bf16 and not native_bf16():
+        warnings.warn(
+            "compute_dtype='bfloat16' on a CPU without native bf16 (AVX512-BF16/AMX): torch "
+            "emulates it, several times slower than float32 (MPNet 1.4 vs 10 texts/s on an "
+            "AVX2 CPU); use float32 here",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def embed_batch(batch: Sequence[str]) -> Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

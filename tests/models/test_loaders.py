@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from kernels.errors import CorruptArtifactError, InvalidInputError, MissingExtra
 from models import loaders
 from models.checkpoint import sha256_file
 from models.embedding_cache import cached_encode, chunk_key
+from models.encoder_base import native_bf16
 from models.loaders import (
     PretrainedEncoder,
     load_open_clip,
@@ -110,8 +112,9 @@ def test_texts_are_batched_by_length_and_returned_in_input_order(
 
 
 def test_bfloat16_compute_is_close_and_fingerprinted(
-    minilm: PretrainedEncoder, minilm_dir: Path
+    minilm: PretrainedEncoder, minilm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(loaders, "native_bf16", lambda: True)  # the warning has its own test
     fast = loaders.load_sentence_transformer(minilm_dir, compute_dtype="bfloat16")
     texts = ["A man is playing a guitar.", "Stocks fell sharply today.", "dog, domestic dog"]
     cos = (fast.encode(texts) * minilm.encode(texts)).sum(dim=1)
@@ -120,6 +123,29 @@ def test_bfloat16_compute_is_close_and_fingerprinted(
     assert "compute_dtype" not in minilm.fingerprint  # fp32 fingerprints are unchanged
     with pytest.raises(InvalidInputError, match="compute_dtype"):
         loaders.load_sentence_transformer(minilm_dir, compute_dtype="float16")  # type: ignore[arg-type]
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not native_bf16(cpuinfo)  # AVX-512 without its bf16 extension emulates bf16
+    assert not native_bf16(tmp_path / "missing")  # unreadable: assume emulated
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_warns_where_the_cpu_would_emulate_it(
+    minilm_dir: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(loaders, "native_bf16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaders.load_sentence_transformer(minilm_dir, compute_dtype="bfloat16")
+        loaders.load_sentence_transformer(minilm_dir)  # float32 never warns
+    slow = [w for w in caught if "without native bf16" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
+    assert all(w.category is RuntimeWarning for w in slow)
 
 
 def test_embedding_cache_reuses_chunks_and_keeps_the_measured_time(

@@ -47,10 +47,14 @@ def test_missing_library_names_the_extra() -> None:
 
 
 @pytest.mark.slow
-def test_real_mpnet_from_its_five_parts(tmp_path) -> None:
+def test_real_mpnet_from_its_five_parts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """all-mpnet-base-v2 assembled from the pinned part packages: 768-d, bf16 within 1e-3 of fp32."""
     from kernels.errors import MissingExtraError
+    from models import loaders
     from models.split_zip import load_mpnet_from_parts
+
+    # the slow-bf16 warning is test_loaders' subject; three texts are quick either way
+    monkeypatch.setattr(loaders, "native_bf16", lambda: True)
 
     try:
         fp32 = load_mpnet_from_parts()
