@@ -188,17 +188,23 @@ class _ModuleBridge:
 ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
 
 
+# What prepare() starts an exactly orthogonal adapter's post-hoc fit from (its Procrustes solve, or
+# the parametrization's random draw); shared by ``orthogonal`` and ``orthogonal_monarch``.
+RotationInit = Literal["procrustes", "random"]
+ROTATION_INITS: tuple[RotationInit, ...] = ("procrustes", "random")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OrthogonalConfig(AdapterConfig):
     parametrization: Literal["matrix_exp", "cayley", "householder"] = "matrix_exp"
     bias: bool = False
-    init: Literal["procrustes", "random"] = "procrustes"  # what prepare() starts post-hoc fits from
+    init: RotationInit = "procrustes"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         options = ("matrix_exp", "cayley", "householder")
         check(self.parametrization in options, f"parametrization must be one of {options}")
-        check(self.init in ("procrustes", "random"), "init must be procrustes|random")
+        check(self.init in ROTATION_INITS, f"init must be one of {ROTATION_INITS}")
 
 
 @ADAPTERS.register("orthogonal")

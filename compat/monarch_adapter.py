@@ -29,7 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compat.adapters import ADAPTERS, Adapter, AdapterConfig, ServingForm
+from compat.adapters import (
+    ADAPTERS,
+    ROTATION_INITS,
+    Adapter,
+    AdapterConfig,
+    RotationInit,
+    ServingForm,
+)
 from compat.solvers import monarch_procrustes
 from kernels.errors import InvalidInputError
 from kernels.monarch import MonarchMap, apply_monarch, prepare_monarch
@@ -46,14 +53,14 @@ class OrthogonalMonarchConfig(AdapterConfig):
     nblocks: int | None = None  # None: default_nblocks(max(dim_in, dim_out))
     parametrization: Literal["matrix_exp", "cayley"] = "matrix_exp"
     bias: bool = False
-    init: Literal["procrustes", "random"] = "procrustes"  # what prepare() starts post-hoc fits from
+    init: RotationInit = "procrustes"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(
             self.parametrization in ("matrix_exp", "cayley"), "parametrization: matrix_exp|cayley"
         )
-        check(self.init in ("procrustes", "random"), "init must be procrustes|random")
+        check(self.init in ROTATION_INITS, f"init must be one of {ROTATION_INITS}")
         n = self.width
         if self.nblocks is not None:
             divisors = [b for b in range(1, n + 1) if n % b == 0]

@@ -36,9 +36,7 @@ def procrustes_map(x: Tensor, y: Tensor, rectangular: Rectangular = "stiefel") -
         r = torch.zeros(d_in, d_out, dtype=torch.float64)
         r[:m, :m] = procrustes_map(x[:, :m], y[:, :m], "stiefel")
         return r
-    cross = x.double().T @ y.double()  # (d_in, N) @ (N, d_out) -> (d_in, d_out)
-    u, _, vh = torch.linalg.svd(cross, full_matrices=False)  # u (d_in, k), vh (k, d_out)
-    return u @ vh
+    return _polar(x.double().T @ y.double())  # of the (d_in, d_out) cross-covariance
 
 
 def least_squares_map(x: Tensor, y: Tensor, ridge: float = 0.0) -> Tensor:
@@ -112,5 +110,10 @@ def _diagonal_blocks(m: Tensor, count: int) -> Tensor:
 def _procrustes_blocks(cross: Tensor) -> Tensor:
     """W (G, s, s) orthogonal per block maximising tr(W_g cross_g), i.e. minimising ‖a_g W_gᵀ − b_g‖
     for cross_g = a_gᵀ b_g: (G, s, s)."""
-    u, _, vh = torch.linalg.svd(cross)
-    return (u @ vh).transpose(1, 2)
+    return _polar(cross).transpose(1, 2)
+
+
+def _polar(cross: Tensor) -> Tensor:
+    """UVᵀ from the thin SVD of (…, m, k) ``cross``: the orthonormal factor maximising tr(Rᵀ cross)."""
+    u, _, vh = torch.linalg.svd(cross, full_matrices=False)
+    return u @ vh
