@@ -24,16 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compat.adapters import Adapter, AdapterConfig
+from compat.adapters import Adapter, AdapterConfig, squared_distance
 from kernels.errors import InvalidInputError
 from models.config import check
 
 SupervisedForm = Literal["supcon", "nca"]
+# what the MSE term compares: the vectors as they are, or their directions (unit vectors, where
+# ‖â − b̂‖² = 2 − 2·cos): retrieval ranks by cosine, so a map need not copy the old norms
+MSEOn = Literal["vectors", "directions"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LabelTermsConfig(AdapterConfig):
     mse: float = 1.0  # weight of ‖B(h_src) − h_tgt‖², beside the label terms
+    mse_on: MSEOn = "vectors"
     # weights of the label terms (0 = off; either > 0 needs labels): cross-model, new→new
     supervised: float = 0.0
     supervised_new: float = 0.0
@@ -48,6 +52,7 @@ class LabelTermsConfig(AdapterConfig):
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         forms = get_args(SupervisedForm)
         check(self.supervised_form in forms, f"supervised_form must be one of {forms}")
+        check(self.mse_on in get_args(MSEOn), f"mse_on must be one of {get_args(MSEOn)}")
 
     @property
     def needs_labels(self) -> bool:
@@ -64,6 +69,12 @@ class LabelAwareAdapter(Adapter):
     def prepare_labels(self, y: Tensor, labels: Tensor) -> None:
         """See every training target (N, dim_out) and its label once: the bank, with ``bank``."""
         self._bank = (y.detach(), labels) if self.config.bank else None
+
+    def fit_term(self, mapped: Tensor, y: Tensor) -> Tensor:
+        """The weighted MSE of mapped (B, d_out) against targets y (B, d_out), on ``mse_on``."""
+        if self.config.mse_on == "directions":
+            mapped, y = F.normalize(mapped, dim=1), F.normalize(y, dim=1)
+        return self.config.mse * squared_distance(mapped, y)
 
     def add_label_terms(
         self, loss: Tensor, mapped: Tensor, y: Tensor, labels: Tensor | None

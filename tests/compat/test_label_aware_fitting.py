@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compat.adapters import build_adapter
 from compat.fitting import FitOptions, fit_adapter, select_adapter
 from compat.label_terms import neighbourhood_loss, supervised_contrastive
 from compat.metrics import self_retrieval_metrics
@@ -68,6 +69,28 @@ def test_losses_give_finite_gradients_when_an_anchor_has_no_positive() -> None:
     for loss in (neighbourhood_loss(a, c, same, 0.02), supervised_contrastive(a, c, same, 0.1)):
         (grad,) = torch.autograd.grad(loss, a)
         assert torch.isfinite(grad).all() and float(grad[2].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("key", ["lambda_orthogonal_nca", "residual_mlp_nca"])
+def test_the_nca_maps_fit_old_directions_not_old_norms(key: str) -> None:
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(16, 6, generator=g), torch.randn(16, 5, generator=g)
+    adapter = build_adapter(key, {"dim_in": 6, "dim_out": 5})
+    assert adapter.config.mse_on == "directions"
+    mapped = adapter(x).detach()
+    # targets rescaled row by row: same directions, so the same loss; on vectors it would change
+    scale = torch.rand(16, 1, generator=g) + 0.5
+    assert float(adapter.fit_term(mapped, y * scale)) == pytest.approx(
+        float(adapter.fit_term(mapped, y))
+    )
+    on_vectors = build_adapter(key, {"dim_in": 6, "dim_out": 5, "mse_on": "vectors"})
+    assert float(on_vectors.fit_term(mapped, y * scale)) != pytest.approx(
+        float(on_vectors.fit_term(mapped, y))
+    )
+    expected = adapter.config.mse * (2 - 2 * F.cosine_similarity(mapped, y)).mean()
+    assert float(adapter.fit_term(mapped, y)) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(InvalidInputError, match="mse_on must be one of"):
+        build_adapter(key, {"dim_in": 6, "dim_out": 5, "mse_on": "norms"})
 
 
 def mistaken_old_model(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
