@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from compat.protocol_report import ECC_DIAGNOSES, ecc_failures, render_tables, targets
 from tests.compat.test_protocol import _cells, _results
 
@@ -61,3 +63,20 @@ def test_the_backfill_target_never_counts_the_label_oracle() -> None:
     assert target["value"] == 0.01 and not target["met"]
     assert target["best"] == "posthoc:procrustes / uncertainty (the label oracle's best: +0.060)"
     assert f"| posthoc:procrustes | {ORACLE} |" in render_tables(results)
+
+
+def test_a_target_met_on_the_mean_shows_the_seeds_below_it() -> None:
+    from compat.protocol import summarise
+
+    results = _results(0.81, 1.0, 0.05)
+    results["summary"] = summarise(
+        [  # post-hoc gains 1.0 and 0.85 per seed: the mean meets the target, one seed does not
+            {"independent": _cells(0.7, 0.1, 0.9), "posthoc:selected": _cells(0.7, 0.9, 0.9)},
+            {"independent": _cells(0.7, 0.1, 0.9), "posthoc:selected": _cells(0.7, 0.87, 0.9)},
+        ]
+    )
+    target = next(t for t in targets(results) if t["target"].startswith("post-hoc adapter"))
+    assert target["met"] and target["per_seed"] == pytest.approx([1.0, 0.85])
+    assert target["seeds_reaching"] == 1
+    row = next(r for r in render_tables(results).splitlines() if r.startswith("| post-hoc"))
+    assert row.endswith("| 0.925 (per seed 1.00 / 0.85) | met on the mean (1 of 2 seeds) |")
