@@ -7,6 +7,7 @@ Input is the dict of :func:`compat.protocol.run_protocol` (or its JSON). Plots n
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ def _posthoc_target(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [_target(name, label, g, g >= 0.9, _seeds_at(summary[best], 0.9))]
 
 
-def _seeds_at(row: dict[str, Any], threshold: float) -> tuple[list[float], int]:
+def _seeds_at(row: dict[str, Any], threshold: float) -> tuple[Sequence[float], int]:
     """A row's per-seed top-1 gains and how many reach ``threshold`` (none from older JSON)."""
     gains = row.get("gain top1 per seed", [])
     return gains, sum(g >= threshold for g in gains)
@@ -235,7 +236,7 @@ def ecc_failures(summary: dict[str, Any]) -> dict[str, str | None]:
 
 
 def _target(
-    name: str, row: str, value: float, met: bool, seeds: tuple[list[float], int] = ([], 0)
+    name: str, row: str, value: float, met: bool, seeds: tuple[Sequence[float], int] = ((), 0)
 ) -> dict[str, Any]:
     """One target; ``seeds``: (the row's per-seed values, how many of them reach the target)."""
     per_seed, reaching = seeds
