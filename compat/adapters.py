@@ -293,7 +293,8 @@ def load_adapter(path: Path, expected_sha256: str | None = None) -> Adapter:
         )
     meta, tensors = read_safetensors(path)
     try:
-        adapter = build_adapter(meta["key"], json.loads(meta["config"]))
+        config = ADAPTERS.get(meta["key"]).config_class.from_saved(json.loads(meta["config"]))
+        adapter = build_adapter(meta["key"], config)
         adapter.load_state_dict(tensors)
     except (KeyError, json.JSONDecodeError, RuntimeError) as e:
         raise CorruptArtifactError(f"adapter artifact {path} is not a hotswap adapter: {e}") from e

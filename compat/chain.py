@@ -15,6 +15,10 @@ C[i][j] (top-1): version-i queries on the version-j gallery of all test images, 
 - ``bct+posthoc`` / ``ract+posthoc`` / ``nca+posthoc`` (opt-in): versions trained as the base
   method, queries sent through one direct adapter per pair as in ``posthoc`` (training-time +
   post-hoc, per pair).
+- ``extend+posthoc`` (opt-in): v_k keeps v_{k-1} whole, frozen, as a block of its vectors and trains
+  only d_k - d_{k-1} extra dimensions beside it (BT²'s extra dimensions without its influence
+  term); pairs are bridged as in ``posthoc``. A later version then still encodes what an earlier
+  one separates, classes it never saw included, and the adapter only has to add what is new.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compat.metrics import chain_metrics, self_retrieval_metrics
@@ -36,6 +41,7 @@ from compat.objectives import (
     old_prototypes,
 )
 from compat.ract import RACT, RACTConfig
+from compat.references import WithReferences
 from compat.simplex import Simplex, SimplexConfig
 from models.encoders import embed
 
@@ -51,6 +57,7 @@ CHAIN_METHODS = (
     "bct+posthoc",
     "ract+posthoc",
     "nca+posthoc",
+    "extend+posthoc",
 )
 # per pair, chosen on held-out images: the main protocol's label-aware candidates, nonlinear included
 CHAIN_ADAPTERS = (
@@ -60,6 +67,11 @@ CHAIN_ADAPTERS = (
     "lambda_orthogonal_nca",
     "residual_mlp_nca",
 )
+
+
+class UnitRows(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:  # (N, d) -> (N, d), each row of norm 1
+        return F.normalize(x, dim=1)
 
 
 def _version(
@@ -78,7 +90,14 @@ def _version(
         refs = [new_space_model(*previous)] if previous else []
         objective: Objective = Simplex(SimplexConfig(classes=10, embed_dim=dim, hoc=bool(refs)))
         return fit(mlp(dim), objective, x, y, seed, c.epochs, refs)
-    if previous is None or method == "posthoc":
+    if method == "extend" and previous is not None:
+        # [extra dims, the predecessor's vectors], both unit rows: raw extra dims would outweigh the
+        # predecessor's block in the version's cosine, and with it what the predecessor separates
+        extra = nn.Sequential(mlp(dim - c.chain_dims[v - 1]), UnitRows())
+        encoder = WithReferences(extra, [new_space_model(*previous)])
+        objective = Classification(ObjectiveConfig(classes=classes, embed_dim=dim))
+        return fit(encoder, objective, x, y, seed, c.epochs)
+    if previous is None or method in ("posthoc", "extend"):
         objective = Classification(ObjectiveConfig(classes=classes, embed_dim=dim))
         return fit(mlp(dim), objective, x, y, seed, c.epochs)
     prev_model, prev_dim = new_space_model(*previous), c.chain_dims[v - 1]

@@ -18,7 +18,7 @@ share one implementation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ MSEOn = Literal["vectors", "directions"]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LabelTermsConfig(AdapterConfig):
+    # every label-aware map was fitted on vectors before mse_on existed (stop 19 added it)
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"mse_on": "vectors"}
+
     mse: float = 1.0  # weight of ‖B(h_src) − h_tgt‖², beside the label terms
     mse_on: MSEOn = "vectors"
     # weights of the label terms (0 = off; either > 0 needs labels): cross-model, new→new

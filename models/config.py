@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from kernels.errors import InvalidInputError, did_you_mean
 
@@ -12,6 +12,10 @@ from kernels.errors import InvalidInputError, did_you_mean
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     """Base for every config: subclasses add fields and validate in ``__post_init__``."""
+
+    # fields added after artifacts were first saved, each with the value that describes an artifact
+    # written without it (where that differs from the default a new config gets); see from_saved
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -28,6 +32,12 @@ class Config:
                     f"{cls.__name__} has no field {key!r}", fix=did_you_mean(key, known)
                 )
         return cls(**data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> Self:
+        """A config read back from an artifact: a field the writer did not know yet takes the value
+        that describes how that artifact was made (``SAVED_BEFORE``), not today's default."""
+        return cls.from_dict({**cls.SAVED_BEFORE, **data})
 
     @classmethod
     def from_json(cls, text: str) -> Self:

@@ -1,10 +1,14 @@
 """Label-aware post-hoc fitting: λ-orth's supervised terms, NCA over a bank, labels plumbing."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from compat.adapters import build_adapter
+from compat.adapters import build_adapter, load_adapter, save_adapter
 from compat.fitting import FitOptions, fit_adapter, select_adapter
 from compat.label_terms import neighbourhood_loss, supervised_contrastive
 from compat.metrics import self_retrieval_metrics
@@ -91,6 +95,27 @@ def test_the_nca_maps_fit_old_directions_not_old_norms(key: str) -> None:
     assert float(adapter.fit_term(mapped, y)) == pytest.approx(float(expected), rel=1e-5)
     with pytest.raises(InvalidInputError, match="mse_on must be one of"):
         build_adapter(key, {"dim_in": 6, "dim_out": 5, "mse_on": "norms"})
+
+
+@pytest.mark.parametrize("key", ["lambda_orthogonal_nca", "residual_mlp_nca"])
+def test_an_artifact_saved_before_mse_on_existed_says_it_fitted_vectors(
+    key: str, tmp_path: Path
+) -> None:
+    adapter = build_adapter(key, {"dim_in": 6, "dim_out": 5})
+    save_adapter(adapter, tmp_path / "now.safetensors")
+    assert load_adapter(tmp_path / "now.safetensors").config.mse_on == "directions"
+    # the same file as written before the field: its config JSON has no mse_on
+    config = adapter.config.to_dict()
+    del config["mse_on"]
+    tensors = {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
+    meta = {"key": key, "config": json.dumps(config)}
+    save_file(tensors, tmp_path / "before.safetensors", metadata=meta)
+    old = load_adapter(tmp_path / "before.safetensors")
+    assert old.config.mse_on == "vectors"
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(old.transform(x), adapter.transform(x))  # serving is unchanged
+    # a config built today, from a dict that leaves the field out, takes today's default
+    assert build_adapter(key, config).config.mse_on == "directions"
 
 
 def mistaken_old_model(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
