@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from compat.chain import CHAIN_METHODS
 from compat.protocol import ProtocolConfig, merge_results, run_protocol
 from compat.protocol_report import render_tables, write_outputs
 
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=None, help="run this one seed only")
     parser.add_argument(
+        "--chain-methods", type=lambda v: tuple(m for m in v.split(",") if m), default=None,
+        help=f"chain methods, comma-separated (default {','.join(ProtocolConfig().chain_methods)}; "
+        f"known: {','.join(CHAIN_METHODS)})",
+    )  # fmt: skip
+    parser.add_argument(
         "--merge", type=Path, nargs="+", default=None, help="merge one-seed JSON files; no run"
     )
     args = parser.parse_args(argv)
@@ -76,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         config = config.replace(seeds=tuple(range(args.seeds)))
     if args.seed is not None:
         config = config.replace(seeds=(args.seed,))
+    if args.chain_methods:
+        unknown = sorted(set(args.chain_methods) - set(CHAIN_METHODS))
+        if unknown:
+            parser.error(f"--chain-methods {unknown}: expected some of {', '.join(CHAIN_METHODS)}")
+        config = config.replace(chain_methods=args.chain_methods)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
     def write(partial: dict[str, Any], *, plots: bool) -> None:

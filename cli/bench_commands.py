@@ -25,6 +25,13 @@ def compat(
         Path | None, typer.Option(help="Write compat.json, compat_tables.md and the plots here.")
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
+    chain_methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Chain methods, comma-separated, instead of the protocol's default ones (an "
+            "unknown name is refused with the list of known ones)."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Training-time objectives, post-hoc adapters, chains and backfilling on Fashion-MNIST."""
@@ -37,6 +44,8 @@ def compat(
     config = ProtocolConfig.quick() if quick else ProtocolConfig()
     if seeds:
         config = config.replace(seeds=tuple(range(seeds)))
+    if chain_methods:
+        config = config.replace(chain_methods=tuple(m for m in chain_methods.split(",") if m))
     results = run_protocol(config, lambda message: typer.echo(message, err=True))
     if out is not None:
         write_outputs(results, out)

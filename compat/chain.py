@@ -41,7 +41,6 @@ from compat.objectives import (
     old_prototypes,
 )
 from compat.ract import RACT, RACTConfig
-from compat.references import WithReferences
 from compat.simplex import Simplex, SimplexConfig
 from models.encoders import embed
 
@@ -69,9 +68,25 @@ CHAIN_ADAPTERS = (
 )
 
 
-class UnitRows(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:  # (N, d) -> (N, d), each row of norm 1
-        return F.normalize(x, dim=1)
+class Extended(nn.Module):
+    """[the predecessor's vectors (frozen), extra dims], each block unit rows: raw extra dims would
+    outweigh the predecessor's block in the version's cosine, and with it what the predecessor
+    separates. The predecessor comes first, so the rectangular identity reads it back exactly."""
+
+    def __init__(self, previous: nn.Module, extra: nn.Module) -> None:
+        super().__init__()
+        self.previous = previous.eval().requires_grad_(False)
+        self.extra = extra
+
+    def train(self, mode: bool = True) -> Extended:
+        super().train(mode)
+        self.previous.eval()  # frozen: its statistics must not move while the extra dims train
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, ...) -> (N, d_previous + d_extra)
+        with torch.no_grad():
+            kept = F.normalize(self.previous(x), dim=1)
+        return torch.cat([kept, F.normalize(self.extra(x), dim=1)], dim=1)
 
 
 def _version(
@@ -91,10 +106,7 @@ def _version(
         objective: Objective = Simplex(SimplexConfig(classes=10, embed_dim=dim, hoc=bool(refs)))
         return fit(mlp(dim), objective, x, y, seed, c.epochs, refs)
     if method == "extend" and previous is not None:
-        # [extra dims, the predecessor's vectors], both unit rows: raw extra dims would outweigh the
-        # predecessor's block in the version's cosine, and with it what the predecessor separates
-        extra = nn.Sequential(mlp(dim - c.chain_dims[v - 1]), UnitRows())
-        encoder = WithReferences(extra, [new_space_model(*previous)])
+        encoder = Extended(new_space_model(*previous), mlp(dim - c.chain_dims[v - 1]))
         objective = Classification(ObjectiveConfig(classes=classes, embed_dim=dim))
         return fit(encoder, objective, x, y, seed, c.epochs)
     if previous is None or method in ("posthoc", "extend"):

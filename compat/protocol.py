@@ -136,6 +136,11 @@ class ProtocolConfig(Config):
         check(
             len(self.chain) == len(self.chain_dims) >= 2, "chain and chain_dims: same length >= 2"
         )
+        widening = all(a < b for a, b in zip(self.chain_dims, self.chain_dims[1:], strict=False))
+        check(
+            widening or "extend+posthoc" not in self.chain_methods,
+            f"extend+posthoc adds dimensions per version: chain_dims must grow, got {self.chain_dims}",
+        )
         check(2 <= self.backfill_points <= 101, "backfill_points must be in 2..101")
         for (
             method

@@ -14,8 +14,11 @@ from models.datasets import fashion_mnist_available
 @pytest.mark.slow
 @pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST is not installed")
 def test_bench_compat_quick_writes_every_number(tmp_path) -> None:
+    chains = "bct,posthoc,extend+posthoc"  # an opt-in method too, chosen from the command line
     result = CliRunner().invoke(
-        app, ["bench", "compat", "--quick", "--threads", "1", "--json", "--out", str(tmp_path)]
+        app,
+        ["bench", "compat", "--quick", "--threads", "1", "--chain-methods", chains, "--json"]
+        + ["--out", str(tmp_path)],
     )
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
@@ -31,7 +34,9 @@ def test_bench_compat_quick_writes_every_number(tmp_path) -> None:
         summary["posthoc:selected"]["new/old top1"][0]
         > summary["independent"]["new/old top1"][0] + 0.3
     )
-    assert set(results["chains"]) == set(results["config"]["chain_methods"]) >= {"bct", "posthoc"}
+    assert (
+        set(results["chains"]) == set(results["config"]["chain_methods"]) == set(chains.split(","))
+    )
     for chain in results["chains"].values():
         assert 0.0 <= chain["ac"][0] <= 1.0
     for orders in results["backfill"].values():
@@ -46,3 +51,10 @@ def test_bench_compat_quick_writes_every_number(tmp_path) -> None:
         "compat_backfill.png",
     } <= written
     assert json.loads((tmp_path / "compat.json").read_text())["seeds_done"] == 1
+
+
+def test_bench_compat_refuses_an_unknown_chain_method() -> None:
+    result = CliRunner().invoke(app, ["bench", "compat", "--quick", "--chain-methods", "bct,nce"])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "unknown chain methods ['nce']" in message and "extend+posthoc" in message

@@ -240,6 +240,26 @@ def test_fastfill_searches_the_forward_transformed_gallery_with_plain_new_querie
         assert curve["values"] == pytest.approx([full] * 5)
 
 
+def test_an_extended_version_keeps_its_predecessor_whole_and_frozen() -> None:
+    from compat.chain import _version
+    from compat.objectives import new_space_model
+    from compat.protocol import _prepare
+    from models.encoders import embed
+
+    run = _prepare(ProtocolConfig.quick(), 0)
+    v1 = _version(run, "extend", 0, None)
+    before = [p.clone() for p in v1[0].parameters()]
+    v2 = _version(run, "extend", 1, v1)
+    assert all(torch.equal(a, b) for a, b in zip(before, v1[0].parameters(), strict=True))
+    first, second = (embed(new_space_model(*v), run.x_test) for v in (v1, v2))
+    assert second.shape[1] == run.config.chain_dims[1]
+    # the first d_1 dimensions are v1's vectors (one of two unit blocks, so of norm 1/√2)
+    block = second[:, : first.shape[1]]
+    assert torch.allclose(block * 2**0.5, first, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="chain_dims must grow"):
+        ProtocolConfig(chain_dims=(64, 64, 128), chain_methods=("extend+posthoc",))
+
+
 def test_a_posthoc_chain_trains_its_base_method_and_bridges_each_pair_directly() -> None:
     """``bct+posthoc`` versions are ``bct``'s (same diagonal); its cross cells use direct adapters."""
     from compat.chain import chain_matrix
