@@ -192,8 +192,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     chains = results["chains"]
     best_c = max(chains, key=lambda m: chains[m]["ac"][0], default=None)
     if best_c:
-        ac = chains[best_c]["ac"][0]
-        out.append(_target("3-step chain AC = 1.0", best_c, ac, ac == 1.0))
+        ac, per_seed = chains[best_c]["ac"][0], chains[best_c]["ac_per_seed"]
+        seeds = (per_seed, sum(a == 1.0 for a in per_seed))
+        out.append(_target("3-step chain AC = 1.0", best_c, ac, ac == 1.0, seeds))
     margins = [
         (f"{row} / {name}", s["margin_over_random"][0])
         for row, orders in results["backfill"].items()

@@ -80,3 +80,18 @@ def test_a_target_met_on_the_mean_shows_the_seeds_below_it() -> None:
     assert target["seeds_reaching"] == 1
     row = next(r for r in render_tables(results).splitlines() if r.startswith("| post-hoc"))
     assert row.endswith("| 0.925 (per seed 1.00 / 0.85) | met on the mean (1 of 2 seeds) |")
+
+
+def test_the_chain_target_shows_each_seeds_ac() -> None:
+    results = _results(0.81, 1.0, 0.05)
+    results["chains"]["extend+posthoc"] = {
+        **results["chains"]["posthoc"],
+        "ac": (7 / 9, 0.16),
+        "ac_per_seed": [1.0, 2 / 3, 2 / 3],
+    }
+    results["chains"]["posthoc"] = {**results["chains"]["posthoc"], "ac": (2 / 3, 0.0)}
+    target = next(t for t in targets(results) if t["target"].startswith("3-step chain"))
+    assert target["best"] == "extend+posthoc" and not target["met"]
+    assert target["seeds_reaching"] == 1
+    row = next(r for r in render_tables(results).splitlines() if r.startswith("| 3-step"))
+    assert row.endswith("| 0.778 (per seed 1.00 / 0.67 / 0.67) | **MISSED** |")
