@@ -109,7 +109,7 @@ def _version(
         encoder = Extended(new_space_model(*previous), mlp(dim - c.chain_dims[v - 1]))
         objective = Classification(ObjectiveConfig(classes=classes, embed_dim=dim))
         return fit(encoder, objective, x, y, seed, c.epochs)
-    if previous is None or method in ("posthoc", "extend"):
+    if previous is None or method == "posthoc":
         objective = Classification(ObjectiveConfig(classes=classes, embed_dim=dim))
         return fit(mlp(dim), objective, x, y, seed, c.epochs)
     prev_model, prev_dim = new_space_model(*previous), c.chain_dims[v - 1]

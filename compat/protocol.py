@@ -23,6 +23,7 @@ renders it. ``bench/compat_protocol.py`` and ``hotswap bench compat`` are thin e
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -136,7 +137,7 @@ class ProtocolConfig(Config):
         check(
             len(self.chain) == len(self.chain_dims) >= 2, "chain and chain_dims: same length >= 2"
         )
-        widening = all(a < b for a, b in zip(self.chain_dims, self.chain_dims[1:], strict=False))
+        widening = all(a < b for a, b in itertools.pairwise(self.chain_dims))
         check(
             widening or "extend+posthoc" not in self.chain_methods,
             f"extend+posthoc adds dimensions per version: chain_dims must grow, got {self.chain_dims}",
