@@ -322,6 +322,12 @@ def _trained_cells(run: Run, method: str) -> Cells:
     return cells
 
 
+def held_out_split(run: Run, n: int) -> tuple[Tensor, Tensor]:
+    """The run's one seeded split of n training images: (20% held out to choose on, the rest)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.seed))
+    return order[: n // 5], order[n // 5 :]
+
+
 def choose_adapter(
     run: Run, source: Tensor, target: Tensor, keys: tuple[str, ...] | None
 ) -> tuple[Selection, str, Adapter]:
@@ -333,8 +339,7 @@ def choose_adapter(
     that winner is refitted on all pairs. Label-aware candidates get the training images' labels.
     Returns (select_adapter's selection, task choice, refit).
     """
-    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(run.seed))
-    held, kept = order[: len(order) // 5], order[len(order) // 5 :]
+    held, kept = held_out_split(run, len(source))
     options = FitOptions(epochs=run.config.adapter_epochs)
     pick = select_adapter(
         source[kept],
