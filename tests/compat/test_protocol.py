@@ -260,6 +260,36 @@ def test_an_extended_version_keeps_its_predecessor_whole_and_frozen() -> None:
         ProtocolConfig(chain_dims=(64, 64, 128), chain_methods=("extend+posthoc",))
 
 
+def test_extended_queries_step_from_the_predecessors_own_block(monkeypatch) -> None:
+    """α = 0 is v1's own embedding of the queries (its block of v2); a step mixes in the map."""
+    import torch.nn.functional as F
+
+    import compat.chain as chain
+    from compat.fitting import FitOptions, fit_adapter
+    from compat.objectives import new_space_model
+    from compat.protocol import _prepare
+    from models.encoders import embed
+
+    run = _prepare(ProtocolConfig.quick(), 0)
+    v1 = chain._version(run, "extend", 0, None)
+    v2 = chain._version(run, "extend", 1, v1)
+    source, target = (embed(new_space_model(*v), run.x) for v in (v2, v1))
+    queries = embed(new_space_model(*v2), run.x_test)
+    own = embed(new_space_model(*v1), run.x_test)
+    monkeypatch.setattr(chain, "STEPS", (0.0,))
+    assert torch.allclose(chain.interpolated_queries(run, source, target, queries), own, atol=1e-5)
+    # α = 1: the label-aware map alone, started at the block and fitted on every training pair
+    monkeypatch.setattr(chain, "STEPS", (1.0,))
+    options = FitOptions(epochs=run.config.adapter_epochs)
+    mapped = fit_adapter(
+        "lambda_orthogonal_nca", source, target, direction="backward", seed=run.seed,
+        options=options, labels=run.y, config={"init": "identity"},
+    ).adapter.transform(queries)  # fmt: skip
+    moved = chain.interpolated_queries(run, source, target, queries)
+    assert torch.allclose(moved, F.normalize(mapped, dim=1), atol=1e-5)
+    assert not torch.allclose(moved, own, atol=1e-3)
+
+
 def test_a_posthoc_chain_trains_its_base_method_and_bridges_each_pair_directly() -> None:
     """``bct+posthoc`` versions are ``bct``'s (same diagonal); its cross cells use direct adapters."""
     from compat.chain import chain_matrix
