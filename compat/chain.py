@@ -20,7 +20,8 @@ C[i][j] (top-1): version-i queries on the version-j gallery of all test images, 
   term). A later version then still encodes what an earlier one separates, classes it never saw
   included, and v_j's block read out of v_i's vectors is exactly v_j's own embedding. Each pair's
   queries move from that block towards a label-aware map by a step α chosen on held-out images
-  (:func:`interpolated_queries`): α = 0 is v_j's own retrieval, so a pair never falls below it.
+  (:func:`interpolated_queries`): α = 0 is v_j's own retrieval, which the held-out choice can
+  always keep.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ CHAIN_METHODS = (
 )
 # extend+posthoc's steps from v_j's own block (0) to the label-aware map (1), chosen on held-out
 # images: the full map over-corrects from a version that never saw some classes (stop 20,
-# docs/results/compat.md: v2 → v1 test top-1 0.708 at α = 1, 0.784 at α = 0.3, 0.759 at 0)
+# docs/results/compat.md: seed 1's v2 → v1 test top-1 0.708 at α = 1, 0.784 at α = 0.3, 0.759 at 0)
 STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 # per pair, chosen on held-out images: the main protocol's label-aware candidates, nonlinear included
 CHAIN_ADAPTERS = (
