@@ -22,6 +22,7 @@ import torch
 from compat.chain import CHAIN_METHODS
 from compat.protocol import ProtocolConfig, merge_results, run_protocol
 from compat.protocol_report import render_tables, write_outputs
+from kernels.errors import InvalidInputError
 
 HEADER = """# The compatibility protocol on Fashion-MNIST: training-time, post-hoc, both combined
 
@@ -83,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         config = config.replace(seeds=(args.seed,))
     if args.chain_methods:
-        unknown = sorted(set(args.chain_methods) - set(CHAIN_METHODS))
-        if unknown:
-            parser.error(f"--chain-methods {unknown}: expected some of {', '.join(CHAIN_METHODS)}")
-        config = config.replace(chain_methods=args.chain_methods)
+        try:  # ProtocolConfig names the unknown methods and the known ones
+            config = config.replace(chain_methods=args.chain_methods)
+        except InvalidInputError as e:
+            parser.error(f"--chain-methods: {e}")
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
     def write(partial: dict[str, Any], *, plots: bool) -> None:

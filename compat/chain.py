@@ -140,17 +140,15 @@ def _queries(
     """Version-i test queries in version j's space: (N_test, d_j)."""
     if method == "simplex" or i == j:
         return embed(new_space_model(*models[i]), run.x_test)
-    if method == "extend+posthoc":
-        source, target = (embed(new_space_model(*models[k]), run.x) for k in (i, j))
-        return interpolated_queries(
-            run, source, target, embed(new_space_model(*models[i]), run.x_test)
-        )
     if method.endswith("posthoc"):  # one direct adapter per pair, not a composition
         from compat.protocol import choose_adapter
 
         source, target = (embed(new_space_model(*models[k]), run.x) for k in (i, j))
+        queries = embed(new_space_model(*models[i]), run.x_test)
+        if method == "extend+posthoc":
+            return interpolated_queries(run, source, target, queries)
         _, _, adapter = choose_adapter(run, source, target, CHAIN_ADAPTERS)
-        return adapter.transform(embed(new_space_model(*models[i]), run.x_test))
+        return adapter.transform(queries)
     encoder, _ = models[i]
     hops = [models[k][1].bridge_module() or nn.Identity() for k in range(i, j, -1)]
     return embed(nn.Sequential(encoder, *hops), run.x_test)
