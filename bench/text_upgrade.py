@@ -69,6 +69,7 @@ from compat.calibration import rank_matched_calibration  # noqa: E402
 from compat.fitting import FitOptions, fit_adapter  # noqa: E402
 from compat.gallery_scaling import gallery_scaling, per_doubling  # noqa: E402
 from compat.query_fusion import choose_alpha  # noqa: E402
+from compat.query_spread import QuerySpread  # noqa: E402
 from compat.verdict import BridgeReport, bridge_or_backfill  # noqa: E402
 from index.plots import plot_report  # noqa: E402
 from kernels.errors import MissingExtraError  # noqa: E402
@@ -658,8 +659,34 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         f"{', '.join(f'{a:.1f}' for a in alphas)}.",
         "",
     ]  # fmt: skip
-    return "\n".join(lines + _adapters(seeds, reports) + _sweep(args, out, reports) + _task(seeds, reports) + _curves(reports, seeds)
+    return "\n".join(lines + _spread(reports) + _adapters(seeds, reports) + _sweep(args, out, reports) + _task(seeds, reports) + _curves(reports, seeds)
                      + _cost(args, out)) + "\n"  # fmt: skip
+
+
+def _spread(reports: list[BridgeReport]) -> list[str]:
+    """Per seed: the headline figures' intervals over resampled test queries (compat.query_spread)."""
+    spreads = [r.spread for r in reports if r.spread is not None]
+    if not spreads:
+        return []
+
+    def span(s: QuerySpread, figure: str) -> str:
+        return "[{:.3f}, {:.3f}]".format(*s.intervals[figure]) if figure in s.intervals else "—"
+
+    lines = [
+        f"Query-sample spread (compat.query_spread): {spreads[0].level:.0%} intervals over "
+        f"{spreads[0].resamples:,} paired resamples of the {spreads[0].queries:,} test queries, "
+        "per seed; a different sample of queries from the same task moves the figures this much.",
+        "",
+        "| seed | bridged gain fraction | bridged retention | rerank retention | verdict over the resamples |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for seed, s in enumerate(spreads):
+        decisions = ", ".join(f"{d} {share:.0%}" for d, share in s.decisions.items())
+        lines.append(
+            f"| {seed} | {span(s, 'gain_fraction')} | {span(s, 'retention')} | "
+            f"{span(s, 'rerank_retention')} | {decisions} |"
+        )
+    return [*lines, ""]
 
 
 def distractor_clause(r: BridgeReport) -> str:

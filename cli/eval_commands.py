@@ -76,6 +76,14 @@ def eval_command(
             "and re-checks the verdict there, extrapolating how retention falls with gallery size.",
         ),
     ] = None,
+    resamples: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Bootstrap resamples of the queries: intervals around each figure and how often "
+            "another query sample would decide otherwise (0: off).",
+        ),
+    ] = 1000,
     plot: Annotated[
         Path | None, typer.Option(file_okay=False, help="Write PNG plots to this folder.")
     ] = None,
@@ -85,7 +93,7 @@ def eval_command(
 ) -> None:
     """Old/old, bridged, new/new, rerank, backfilling curves, and the verdict: bridge or backfill."""
     options: dict[str, Any] = {"metric": f"recall@{k}", "ks": (k,),
-                               "rerank_depth": rerank_depth or None}  # fmt: skip
+                               "rerank_depth": rerank_depth or None, "resamples": resamples}  # fmt: skip
     if seconds_per_item is not None:
         options["new_seconds_per_item"] = seconds_per_item
     if deployed_items is not None:
@@ -154,6 +162,7 @@ def _text(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"retention {r['retention'][r['metric']]:.3f}, gain {r['gain'][r['metric']]:+.3f}",
+        *_spread_lines(r.get("spread")),
         "",
     ]
     for c in r["curves"]:
@@ -165,6 +174,25 @@ def _text(r: dict[str, Any]) -> str:
     lines += ["", f"verdict: {r['verdict']['decision']} - {r['verdict']['reason']}"]
     lines += [f"plot: {p}" for p in r.get("plots", [])]
     return "\n".join(lines)
+
+
+def _spread_lines(data: dict[str, Any] | None) -> list[str]:
+    """The figures' intervals over resampled queries, and how often each decision comes out."""
+    if not data:
+        return []
+    names = {"gain": "gain", "retention": "retention", "gain_fraction": "share of the gain",
+             "rerank_retention": "rerank retention"}  # fmt: skip
+    spans = ", ".join(
+        f"{label} [{data['intervals'][key][0]:.3f}, {data['intervals'][key][1]:.3f}]"
+        for key, label in names.items()
+        if key in data["intervals"]
+    )
+    decisions = ", ".join(f"{d} {share:.0%}" for d, share in data["decisions"].items())
+    return [
+        f"{data['level']:.0%} intervals over {data['resamples']:,} resamples of the "
+        f"{data['queries']:,} queries: {spans}",
+        f"decision over those resamples: {decisions}",
+    ]
 
 
 def _scaling_lines(data: dict[str, Any] | None) -> list[str]:

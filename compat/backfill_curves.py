@@ -35,7 +35,11 @@ from torch import Tensor
 
 from compat.calibration import rank_matched_calibration
 from compat.metrics import curve_area
-from compat.relevance_metrics import ranked_relevance_metrics, relevance_metrics
+from compat.relevance_metrics import (
+    per_query_relevance_metrics,
+    ranked_relevance_metrics,
+    relevance_metrics,
+)
 from kernels.errors import InvalidInputError
 from kernels.topk import exact_topk
 
@@ -135,6 +139,18 @@ def evaluate(scores: Tensor, relevance: Relevance, ks: Sequence[int] = (10,)) ->
     return relevance_metrics(scores, relevance.gains, ks=ks, exclude=relevance.exclude)
 
 
+def evaluate_per_query(
+    scores: Tensor, relevance: Relevance, ks: Sequence[int] = (10,)
+) -> dict[str, Tensor]:
+    """:func:`evaluate` before the mean over queries: ``{"recall@k": (Q,), ...}``."""
+    return per_query_relevance_metrics(scores, relevance.gains, ks=ks, exclude=relevance.exclude)
+
+
+def mean_per_metric(per_query: dict[str, Tensor]) -> dict[str, float]:
+    """``{"recall@k": (Q,), ...}`` -> ``{"recall@k": mean, ...}``."""
+    return {name: float(values.mean()) for name, values in per_query.items()}
+
+
 def rerank_metrics(
     bridged_scores: Tensor,
     new_scores: Tensor,
@@ -142,7 +158,18 @@ def rerank_metrics(
     depth: int,
     ks: Sequence[int] = (10,),
 ) -> dict[str, float]:
-    """Metrics of the cascade: top-``depth`` by bridged score, re-ordered by new/new score.
+    """Mean metrics of the cascade (:func:`rerank_per_query`)."""
+    return mean_per_metric(rerank_per_query(bridged_scores, new_scores, relevance, depth, ks))
+
+
+def rerank_per_query(
+    bridged_scores: Tensor,
+    new_scores: Tensor,
+    relevance: Relevance,
+    depth: int,
+    ks: Sequence[int] = (10,),
+) -> dict[str, Tensor]:
+    """Per-query metrics of the cascade: top-``depth`` by bridged score, re-ordered by new/new score.
 
     (Q, G) score matrices each; ties keep the bridged order (then ascending position). A ``depth``
     below k cuts the list short and is penalised, never rescaled.
@@ -156,8 +183,7 @@ def rerank_metrics(
     rescored = new_scores.float().gather(1, candidates)  # (Q, depth)
     within = torch.sort(rescored, dim=1, descending=True, stable=True).indices
     ranked = candidates.gather(1, within)  # (Q, depth) gallery positions, best first
-    per_query = ranked_relevance_metrics(ranked, gains, ks)
-    return {name: float(v.mean()) for name, v in per_query.items()}
+    return ranked_relevance_metrics(ranked, gains, ks)
 
 
 def kmeans(x: Tensor, k: int, *, iters: int = 25, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -78,6 +78,19 @@ def relevance_metrics(
     exclude: (Q,) gallery position removed from each query's ranking and relevance (the query's own
     entry when the query set is the gallery), or None.
     """
+    per_query = per_query_relevance_metrics(scores, relevance, ks=ks, exclude=exclude)
+    return {name: float(values.mean()) for name, values in per_query.items()}
+
+
+def per_query_relevance_metrics(
+    scores: Tensor,
+    relevance: Tensor,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    exclude: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """:func:`relevance_metrics` before the mean: ``{"recall@k": (Q,), ...}`` float64, one value
+    per query (what a bootstrap over the queries resamples, compat/query_spread.py)."""
     if scores.shape != relevance.shape:
         raise InvalidInputError(
             f"scores {tuple(scores.shape)} and relevance {tuple(relevance.shape)} must both be (Q, G)"
@@ -92,8 +105,7 @@ def relevance_metrics(
     counted = s.shape[1] - (0 if exclude is None else 1)
     # only each row's best k count: exact top-k, never a whole-row sort (20,000-item galleries)
     order = exact_topk(s, min(max(ks), counted)).indices
-    per_query = ranked_relevance_metrics(order, rel, ks)
-    return {name: float(values.mean()) for name, values in per_query.items()}
+    return ranked_relevance_metrics(order, rel, ks)
 
 
 def retention(bridged: float, full_reindex: float) -> float:

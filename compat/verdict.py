@@ -29,7 +29,10 @@ The verdict rule (``metric``, default recall@10; ``target`` = ``target_retention
 The rule is applied to what was measured. A bridge's share shrinks as the gallery grows
 (:mod:`compat.gallery_scaling`), so when the deployed gallery (``backfill_items``) is larger than
 the evaluated one, the rule is applied again to the retentions extrapolated to that size; where
-the answer differs, ``Verdict.at_deployed`` holds it and the reason says so.
+the answer differs, ``Verdict.at_deployed`` holds it and the reason says so. Every figure is also
+a mean over a sample of queries: :mod:`compat.query_spread` resamples them, the report carries the
+intervals and how often each decision comes out, and when another sample of queries would decide
+otherwise in more than 5% of draws, the reason says so too.
 
 The report is a frozen dataclass that round-trips through JSON (:meth:`BridgeReport.to_json`).
 """
@@ -50,13 +53,15 @@ from compat.backfill_curves import (
     Relevance,
     backfill_curve,
     cosine,
-    evaluate,
+    evaluate_per_query,
+    mean_per_metric,
     order_by_uncertainty,
     order_distance_to_mean,
     order_random,
-    rerank_metrics,
+    rerank_per_query,
 )
 from compat.gallery_scaling import CHECKED_REACH, GalleryScaling, gallery_scaling, per_doubling
+from compat.query_spread import RESAMPLES, QuerySpread, query_spread
 from compat.relevance_metrics import gain_over_status_quo, retention
 from compat.vectors import check_vectors
 from kernels.errors import InvalidInputError
@@ -111,6 +116,7 @@ class BridgeReport:
     backfill: BackfillCost
     verdict: Verdict
     scaling: GalleryScaling | None = None  # the cells on nested subsets of the gallery
+    spread: QuerySpread | None = None  # the verdict's figures over resampled queries
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,6 +133,8 @@ class BridgeReport:
         d["verdict"] = Verdict(**d["verdict"])
         if d.get("scaling") is not None:
             d["scaling"] = GalleryScaling.from_dict(d["scaling"])
+        if d.get("spread") is not None:
+            d["spread"] = QuerySpread.from_dict(d["spread"])
         return cls(**d)
 
     @classmethod
@@ -191,6 +199,19 @@ def decide(
     return Verdict(decision, reason, metric, target_retention)
 
 
+def with_query_spread(verdict: Verdict, spread: QuerySpread) -> Verdict:
+    """``verdict`` with a warning in its reason when resampled queries often decide otherwise."""
+    held = spread.share(verdict.decision)
+    if held >= spread.level:
+        return verdict
+    others = ", ".join(f"{d} {share:.0%}" for d, share in spread.decisions.items())
+    note = (
+        f"; other samples of {spread.queries:,} queries reach this decision in only {held:.0%} of "
+        f"{spread.resamples:,} resamples ({others}): evaluate on more queries before relying on it"
+    )
+    return dataclasses.replace(verdict, reason=verdict.reason + note)
+
+
 def at_deployed_size(verdict: Verdict, scaling: GalleryScaling, cells: dict[str, float]) -> Verdict:
     """``verdict`` with the rule re-applied to the retentions extrapolated to the deployed size.
 
@@ -246,6 +267,7 @@ def bridge_or_backfill(
     backfill_items: int | None = None,
     seed: int = 0,
     calibration: Callable[[Tensor], Tensor] | None = None,
+    resamples: int = RESAMPLES,
 ) -> BridgeReport:
     """Measure old/old, bridged, new/new, the cascade and the backfilling curves; decide.
 
@@ -253,7 +275,8 @@ def bridge_or_backfill(
     (G, d_new); relevance (Q, G). ``adapter`` maps new -> old (a registered :class:`Adapter` must be
     a backward map of those widths). ``uncertainty``: a (G,) σ per gallery item, or a model whose
     ``uncertainty(old_gallery)`` gives it (FastFill's forward map); adds the "uncertainty" ordering.
-    ``backfill_items``: the real gallery's size for the cost estimate (default G).
+    ``backfill_items``: the real gallery's size for the cost estimate (default G). ``resamples``:
+    query bootstrap draws for :attr:`BridgeReport.spread` (0: none).
     """
     oq, nq, og, ng = _check(old_queries, new_queries, old_gallery, new_gallery, relevance)
     orders = _orders(orderings, og, uncertainty, seed)
@@ -261,16 +284,19 @@ def bridge_or_backfill(
     bridged_q = bridge(nq)  # (Q, d_new) -> (Q, d_old)
     new_scores, bridged_scores = cosine(nq, ng), cosine(bridged_q, og)  # (Q, G) each
     old_scores = cosine(oq, og)
-    cells = {
-        "old_old": evaluate(old_scores, relevance, ks),
-        "bridged": evaluate(bridged_scores, relevance, ks),
-        "new_new": evaluate(new_scores, relevance, ks),
+    per_query = {
+        "old_old": evaluate_per_query(old_scores, relevance, ks),
+        "bridged": evaluate_per_query(bridged_scores, relevance, ks),
+        "new_new": evaluate_per_query(new_scores, relevance, ks),
     }
-    if metric not in cells["new_new"]:
-        raise InvalidInputError(f"metric {metric!r} is not among {sorted(cells['new_new'])}")
-    rr = _rerank(
-        bridged_scores, new_scores, relevance, rerank_depth, ks, cells, new_seconds_per_item
-    )
+    if metric not in per_query["new_new"]:
+        raise InvalidInputError(f"metric {metric!r} is not among {sorted(per_query['new_new'])}")
+    cells = {name: mean_per_metric(values) for name, values in per_query.items()}
+    if rerank_depth is not None:
+        per_query["rerank"] = rerank_per_query(
+            bridged_scores, new_scores, relevance, rerank_depth, ks
+        )
+    rr = _rerank(per_query.get("rerank"), rerank_depth, cells, new_seconds_per_item)
     target = target_retention * cells["new_new"][metric]
     mixed = bridged_scores if calibration is None else calibration(bridged_scores)  # (Q, G)
     curves = [
@@ -295,6 +321,13 @@ def bridge_or_backfill(
         metric=metric, target_retention=target_retention,
         backfill_note=_backfill_note(curves, cost),
     )  # fmt: skip
+    spread = None
+    if resamples:
+        spread = query_spread(
+            {name: values[metric] for name, values in per_query.items()}, rule,
+            target_retention, resamples=resamples, seed=seed,
+        )  # fmt: skip
+        verdict = with_query_spread(verdict, spread)
     scaling = gallery_scaling(
         old_scores, bridged_scores, new_scores, relevance, metric=metric, ks=ks,
         rerank_depth=rerank_depth, deployed_items=cost.items, seed=seed,
@@ -305,7 +338,7 @@ def bridge_or_backfill(
         old_old=cells["old_old"], bridged=cells["bridged"], new_new=cells["new_new"],
         retention=_per_metric(retention, cells["bridged"], cells["new_new"]),
         gain=_per_metric(gain_over_status_quo, cells["bridged"], cells["old_old"]),
-        rerank=rr, curves=curves, backfill=cost, verdict=verdict, scaling=scaling,
+        rerank=rr, curves=curves, backfill=cost, verdict=verdict, scaling=scaling, spread=spread,
     )  # fmt: skip
 
 
@@ -340,17 +373,14 @@ def _per_metric(fn: Callable[[float, float], float], a: dict, b: dict) -> dict[s
 
 
 def _rerank(
-    bridged_scores: Tensor,
-    new_scores: Tensor,
-    relevance: Relevance,
+    per_query: dict[str, Tensor] | None,
     depth: int | None,
-    ks: Sequence[int],
     cells: dict[str, dict[str, float]],
     seconds_per_item: float | None,
 ) -> Rerank | None:
-    if depth is None:
+    if per_query is None or depth is None:
         return None
-    values = rerank_metrics(bridged_scores, new_scores, relevance, depth, ks)
+    values = mean_per_metric(per_query)
     return Rerank(
         depth=depth,
         metrics=values,

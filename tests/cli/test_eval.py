@@ -72,6 +72,11 @@ def test_eval_json_has_every_cell_and_consistent_curves(evaluated) -> None:
     assert {c["ordering"] for c in r["curves"]} == {"random", "distance_to_mean"}
     assert r["verdict"]["decision"] in ("bridge", "bridge+rerank", "backfill")
     assert r["rerank"]["depth"] == 20
+    spread = r["spread"]  # the query bootstrap: intervals around the measured figures
+    assert spread["queries"] == 240 and spread["resamples"] == 1000
+    lo, hi = spread["intervals"]["retention"]
+    assert lo <= r["retention"][m] <= hi and lo < hi
+    assert sum(spread["decisions"].values()) == pytest.approx(1.0)
 
 
 def test_eval_plots_and_text(evaluated) -> None:
@@ -85,6 +90,9 @@ def test_eval_plots_and_text(evaluated) -> None:
         f"{r['old_old']['recall@10']:.3f}" in text
         and f"verdict: {r['verdict']['decision']}" in text
     )
+    lo, hi = r["spread"]["intervals"]["retention"]
+    assert "95% intervals over 1,000 resamples of the 240 queries:" in text
+    assert f"retention [{lo:.3f}, {hi:.3f}]" in text and "decision over those resamples:" in text
 
 
 def test_eval_with_relevance_pairs(tmp_path) -> None:
@@ -96,6 +104,12 @@ def test_eval_with_relevance_pairs(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     r = json.loads(result.output)
     assert r["old_old"]["recall@10"] == 1.0 and r["new_new"]["recall@10"] == 1.0
+    # every query finds its answer under every model: no resample can decide otherwise
+    assert r["spread"]["decisions"] == {r["verdict"]["decision"]: 1.0}
+    off = runner.invoke(app, [*vectors, "--pairs", str(pairs), "--fit", "procrustes", "--json",
+                              "--resamples", "0"])  # fmt: skip
+    assert off.exit_code == 0, off.output
+    assert json.loads(off.output)["spread"] is None
 
 
 def test_gallery_rows_no_pair_names_are_distractors(tmp_path) -> None:
