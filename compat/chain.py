@@ -145,17 +145,24 @@ def _queries(
 
         source, target = (embed(new_space_model(*models[k]), run.x) for k in (i, j))
         queries = embed(new_space_model(*models[i]), run.x_test)
+        pair = run.chain_choices.setdefault(method, {})
         if method == "extend+posthoc":
-            return interpolated_queries(run, source, target, queries)
-        _, _, adapter = choose_adapter(run, source, target, CHAIN_ADAPTERS)
+            queries, step = interpolated_queries(run, source, target, queries)
+            pair[f"v{i + 1}→v{j + 1}"] = f"step {step:g}"
+            return queries
+        _, choice, adapter = choose_adapter(run, source, target, CHAIN_ADAPTERS)
+        pair[f"v{i + 1}→v{j + 1}"] = choice
         return adapter.transform(queries)
     encoder, _ = models[i]
     hops = [models[k][1].bridge_module() or nn.Identity() for k in range(i, j, -1)]
     return embed(nn.Sequential(encoder, *hops), run.x_test)
 
 
-def interpolated_queries(run: Run, source: Tensor, target: Tensor, queries: Tensor) -> Tensor:
-    """Extended v_i's queries (N_test, d_i) in v_j's space: (1 − α)·block + α·B(q), both unit rows.
+def interpolated_queries(
+    run: Run, source: Tensor, target: Tensor, queries: Tensor
+) -> tuple[Tensor, float]:
+    """Extended v_i's queries (N_test, d_i) in v_j's space: (1 − α)·block + α·B(q), both unit rows;
+    returns them and the chosen α.
 
     source (N, d_i) / target (N, d_j): the training images under v_i / v_j; the block is the first
     d_j dimensions of v_i (v_j's own vectors); B is ``lambda_orthogonal_nca`` started there
@@ -190,7 +197,7 @@ def interpolated_queries(run: Run, source: Tensor, target: Tensor, queries: Tens
         return round(m["top1"], 6), round(m["ap"], 6), -step
 
     step = max(STEPS, key=score)
-    return moved(fitted(torch.arange(len(source))), queries, step)
+    return moved(fitted(torch.arange(len(source))), queries, step), step
 
 
 def chain_matrix(run: Run, method: str) -> list[list[float]]:

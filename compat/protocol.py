@@ -183,6 +183,8 @@ class Run:
     trained: dict[str, tuple[nn.Module, Objective]] = dataclasses.field(default_factory=dict)
     # row -> (bridged queries (N_test, d_old), new-space vectors (N_test, d_new)): backfill curves
     spaces: dict[str, tuple[Tensor, Tensor]] = dataclasses.field(default_factory=dict)
+    # chain method -> {"v3→v1": what held-out images chose for that pair (an adapter, a step)}
+    chain_choices: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
 
 def mlp(dim: int, layer: str = "dense", hidden: tuple[int, ...] | None = None) -> nn.Module:
@@ -429,6 +431,7 @@ def run_protocol(
     start = time.perf_counter()
     per_seed: list[dict[str, Cells]] = []
     chains: list[dict[str, list[list[float]]]] = []
+    choices: list[dict[str, dict[str, str]]] = []
     curves: list[dict[str, Any]] = []
     for seed in config.seeds:
         run = _prepare(config, seed)
@@ -440,10 +443,11 @@ def run_protocol(
         per_seed.append(cells)
         curves.append(backfill_curves(run, say))
         chains.append({m: chain_matrix(run, m) for m in config.chain_methods})
+        choices.append(run.chain_choices)
         say(f"seed {seed} done ({time.perf_counter() - start:.0f} s)")
         if checkpoint:
-            checkpoint(_results(config, per_seed, chains, curves, start))
-    return _results(config, per_seed, chains, curves, start)
+            checkpoint(_results(config, per_seed, chains, curves, start, choices))
+    return _results(config, per_seed, chains, curves, start, choices)
 
 
 def _results(
@@ -452,7 +456,10 @@ def _results(
     chains: list[Any],
     curves: list[Any],
     start: float,
+    chain_choices: list[Any] | None = None,
 ) -> dict[str, Any]:
+    """``chain_choices``: per seed, each chain method's per-pair choices (None: not recorded, as in
+    results written before stop 21)."""
     from compat.chain import summarise_chains
     from compat.protocol_backfill import summarise_backfill
 
@@ -461,6 +468,7 @@ def _results(
         "seeds_done": len(per_seed),
         "per_seed": per_seed,
         "chain_matrices": chains,
+        "chain_choices": chain_choices or [],
         "backfill_curves": curves,
         "summary": summarise(per_seed),
         "chains": summarise_chains(chains),
@@ -485,6 +493,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         [c for part in parts for c in part["chain_matrices"]],
         [c for part in parts for c in part["backfill_curves"]],
         time.perf_counter(),
+        [c for part in parts for c in part.get("chain_choices", [])],
     )
     merged["seconds"] = round(sum(part["seconds"] for part in parts), 1)
     merged["wall_seconds"] = max(part["seconds"] for part in parts)

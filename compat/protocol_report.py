@@ -111,8 +111,19 @@ def chain_tables(results: dict[str, Any]) -> list[str]:
         for i, row in enumerate(chain["mean_matrix_top1"]):
             cells = " | ".join("" if v is None else f"{v:.3f}" for v in row)
             lines.append(f"| v{i + 1} | {cells} |")
-        lines.append("")
+        lines += ["", *_chain_choices(results.get("chain_choices", []), method)]
     return lines
+
+
+def _chain_choices(per_seed: list[dict[str, dict[str, str]]], method: str) -> list[str]:
+    """One line: what held-out images chose for each pair of the chain, seed by seed."""
+    chosen = [seed.get(method, {}) for seed in per_seed]
+    if not chosen or not any(chosen):
+        return []
+    pairs = ", ".join(
+        f"{pair} " + " / ".join(seed.get(pair, "—") for seed in chosen) for pair in chosen[0]
+    )
+    return [f"Chosen on held-out images per pair (seed by seed): {pairs}.", ""]
 
 
 def backfill_table(results: dict[str, Any]) -> list[str]:

@@ -193,12 +193,17 @@ def test_merge_results_of_one_seed_runs() -> None:
             "config": config,
             "per_seed": per_seed,
             "chain_matrices": [],
+            "chain_choices": [{"posthoc": {"v2→v1": f"choice {seed}"}}],
             "backfill_curves": [],
             "seconds": 10.0 + seed,
         }
 
     merged = merge_results([part(0, 0.8), part(1, 0.75)])
     assert merged["config"]["seeds"] == (0, 1) and merged["seeds_done"] == 2
+    assert merged["chain_choices"] == [
+        {"posthoc": {"v2→v1": "choice 0"}},
+        {"posthoc": {"v2→v1": "choice 1"}},
+    ]
     assert merged["summary"]["bt2"]["new/old top1"][0] == pytest.approx(0.775)
     assert merged["seconds"] == 21.0 and merged["wall_seconds"] == 11.0
     with pytest.raises(InvalidInputError, match="repeat"):
@@ -277,7 +282,8 @@ def test_extended_queries_step_from_the_predecessors_own_block(monkeypatch) -> N
     queries = embed(new_space_model(*v2), run.x_test)
     own = embed(new_space_model(*v1), run.x_test)
     monkeypatch.setattr(chain, "STEPS", (0.0,))
-    assert torch.allclose(chain.interpolated_queries(run, source, target, queries), own, atol=1e-5)
+    kept, step = chain.interpolated_queries(run, source, target, queries)
+    assert step == 0.0 and torch.allclose(kept, own, atol=1e-5)
     # α = 1: the label-aware map alone, started at the block and fitted on every training pair
     monkeypatch.setattr(chain, "STEPS", (1.0,))
     options = FitOptions(epochs=run.config.adapter_epochs)
@@ -285,18 +291,22 @@ def test_extended_queries_step_from_the_predecessors_own_block(monkeypatch) -> N
         "lambda_orthogonal_nca", source, target, direction="backward", seed=run.seed,
         options=options, labels=run.y, config={"init": "identity"},
     ).adapter.transform(queries)  # fmt: skip
-    moved = chain.interpolated_queries(run, source, target, queries)
-    assert torch.allclose(moved, F.normalize(mapped, dim=1), atol=1e-5)
+    moved, step = chain.interpolated_queries(run, source, target, queries)
+    assert step == 1.0 and torch.allclose(moved, F.normalize(mapped, dim=1), atol=1e-5)
     assert not torch.allclose(moved, own, atol=1e-3)
 
 
 def test_a_posthoc_chain_trains_its_base_method_and_bridges_each_pair_directly() -> None:
     """``bct+posthoc`` versions are ``bct``'s (same diagonal); its cross cells use direct adapters."""
-    from compat.chain import chain_matrix
+    from compat.chain import CHAIN_ADAPTERS, chain_matrix
     from compat.protocol import _prepare
 
     run = _prepare(ProtocolConfig.quick(), 0)
     plain, refined = (chain_matrix(run, m) for m in ("bct", "bct+posthoc"))
+    # each pair's adapter, as held-out images chose it, is on record; bct composes, chooses nothing
+    assert set(run.chain_choices) == {"bct+posthoc"}
+    assert set(run.chain_choices["bct+posthoc"]) == {"v2→v1", "v3→v1", "v3→v2"}
+    assert set(run.chain_choices["bct+posthoc"].values()) <= set(CHAIN_ADAPTERS)
     for i in range(3):
         assert refined[i][i] == pytest.approx(plain[i][i])
         assert all(math.isnan(v) for v in refined[i][i + 1 :])

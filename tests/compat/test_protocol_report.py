@@ -95,3 +95,18 @@ def test_the_chain_target_shows_each_seeds_ac() -> None:
     assert target["seeds_reaching"] == 1
     row = next(r for r in render_tables(results).splitlines() if r.startswith("| 3-step"))
     assert row.endswith("| 0.778 (per seed 1.00 / 0.67 / 0.67) | **MISSED** |")
+
+
+def test_the_chain_tables_say_what_each_pair_chose_seed_by_seed() -> None:
+    results = _results(0.81, 1.0, 0.05)
+    results["chain_choices"] = [
+        {"posthoc": {"v2→v1": "affine", "v3→v1": "lambda_orthogonal_nca"}},
+        {"posthoc": {"v2→v1": "procrustes", "v3→v1": "lambda_orthogonal_nca"}},
+    ]
+    text = render_tables(results)
+    assert (
+        "Chosen on held-out images per pair (seed by seed): v2→v1 affine / procrustes, "
+        "v3→v1 lambda_orthogonal_nca / lambda_orthogonal_nca." in text
+    )
+    del results["chain_choices"]  # results written before choices were recorded: no line
+    assert "Chosen on held-out images" not in render_tables(results)
