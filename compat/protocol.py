@@ -38,7 +38,9 @@ from compat.fitting import FitOptions, Selection, fit_adapter, select_adapter
 from compat.metrics import (
     compatibility_tax,
     compatible,
+    cosine_scores,
     gain_fraction,
+    per_query_correct,
     self_retrieval_metrics,
     truncate_to_common_width,
 )
@@ -55,6 +57,7 @@ from compat.objectives import (
     old_space_model,
 )
 from compat.oca import OCA, OCAConfig
+from compat.query_spread import paired_interval
 from compat.ract import RACT, RACTConfig
 from compat.references import WithReferences
 from compat.simplex import Simplex, SimplexConfig
@@ -287,7 +290,19 @@ def _cells(run: Run, row: str, bridged: Tensor, new: Tensor, old: Tensor | None 
         "old/old": self_retrieval_metrics(old, old, run.y_test),
         "new/old": self_retrieval_metrics(bridged, old, run.y_test),
         "new/new": self_retrieval_metrics(new, new, run.y_test),
+        "top1 margin interval": _margin_interval(run, bridged, old),
     }
+
+
+def _margin_interval(run: Run, bridged: Tensor, old: Tensor) -> tuple[float, float]:
+    """95% interval of new/old − old/old top-1 over resampled test queries (ECC's margin): whether
+    a row passes or fails ECC by more than the choice of queries decides."""
+    own = torch.arange(len(old))  # the self-match, removed as in every cell
+    right = [
+        per_query_correct(cosine_scores(q, old), run.y_test, run.y_test, exclude=own).double()
+        for q in (old, bridged)
+    ]
+    return paired_interval(*right, seed=run.seed)
 
 
 def _simplex(run: Run) -> Cells:
@@ -518,6 +533,8 @@ def summarise(per_seed: list[dict[str, Cells]]) -> dict[str, Any]:
         summary: dict[str, Any] = {"bridge": seeds[0]["bridge"]}
         if "selected" in seeds[0]:
             summary["selected"] = [s["selected"] for s in seeds]
+        if "top1 margin interval" in seeds[0]:  # absent from results written before stop 21
+            summary["top1 margin interval per seed"] = [s["top1 margin interval"] for s in seeds]
         for m in ("top1", "top5", "ap"):
             for cell in ("old/old", "new/old", "new/new"):
                 summary[f"{cell} {m}"] = mean_std([s[cell][m] for s in seeds])

@@ -293,12 +293,22 @@ def ecc_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "### Rows failing ECC, and why",
         "",
-        "| row | top-1 ECC | mAP ECC | why |",
-        "|---|---|---|---|",
+        "Top-1 margin: new/old − old/old, its 95% interval over 1,000 paired resamples of the test",
+        "queries per seed (compat/query_spread.py); an interval across 0 is a tie the choice of",
+        "queries decides, one below 0 a failure no sample of queries would reverse.",
+        "",
+        "| row | top-1 ECC | mAP ECC | top-1 margin, 95% interval per seed | why |",
+        "|---|---|---|---|---|",
     ]
     for row, why in ecc_failures(summary).items():
         flags = (_ecc(summary[row][f"ecc {metric}"]) for metric in METRICS)
-        lines.append(f"| {row} | {' | '.join(flags)} | {why or '**not diagnosed**'} |")
+        spans = " / ".join(
+            f"[{lo:+.3f}, {hi:+.3f}]"
+            for lo, hi in summary[row].get("top1 margin interval per seed", [])
+        )
+        lines.append(
+            f"| {row} | {' | '.join(flags)} | {spans or '—'} | {why or '**not diagnosed**'} |"
+        )
     return [*lines, ""]
 
 

@@ -80,6 +80,22 @@ def resampled_means(
     return {name: torch.cat(parts) for name, parts in means.items()}
 
 
+def paired_interval(
+    before: Tensor,
+    after: Tensor,
+    *,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of mean(after) − mean(before) over paired query resamples; (Q,) each
+    (e.g. per-query top-1 correctness of new/old and of old/old: how sure an ECC margin is)."""
+    m = resampled_means({"before": before, "after": after}, resamples, seed=seed)
+    tail = (1 - level) / 2
+    difference = m["after"] - m["before"]
+    return _quantile(difference, tail), _quantile(difference, 1 - tail)
+
+
 def query_spread(
     per_query: Mapping[str, Tensor],
     rule: Rule,

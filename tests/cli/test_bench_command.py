@@ -29,6 +29,9 @@ def test_bench_compat_quick_writes_every_number(tmp_path) -> None:
     for cells in results["per_seed"][0].values():
         for cell in ("old/old", "new/old", "new/new"):
             assert 0.0 <= cells[cell]["top1"] <= 1.0 and 0.0 <= cells[cell]["ap"] <= 1.0
+        # ECC's top-1 margin sits inside its interval over resampled queries
+        lo, hi = cells["top1 margin interval"]
+        assert lo <= cells["new/old"]["top1"] - cells["old/old"]["top1"] <= hi and lo < hi
     # a fitted bridge of the independent model must beat its silent truncation by far
     assert (
         summary["posthoc:selected"]["new/old top1"][0]
@@ -39,6 +42,9 @@ def test_bench_compat_quick_writes_every_number(tmp_path) -> None:
     )
     for chain in results["chains"].values():
         assert 0.0 <= chain["ac"][0] <= 1.0
+    (choices,) = results["chain_choices"]  # one seed: what each pair of each chain chose
+    assert set(choices) == {"posthoc", "extend+posthoc"}
+    assert all(v.startswith("step ") for v in choices["extend+posthoc"].values())
     for orders in results["backfill"].values():
         assert set(orders) == {"random", "distance_to_mean", "uncertainty", "oracle_culprits"}
         for curve in orders.values():  # the curve runs from the bridge alone to the full re-index

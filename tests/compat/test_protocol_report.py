@@ -27,7 +27,7 @@ def test_failing_rows_with_a_diagnosis_are_listed_with_it_and_meet_the_target() 
     assert target["met"] and target["value"] == 1
     assert target["best"] == "1 rows fail, 0 without a diagnosis"
     table = render_tables(results).split("### Rows failing ECC, and why")[1]
-    assert f"| bct | 0/1 ✗ | 0/1 ✗ | {ECC_DIAGNOSES['bct']} |" in table
+    assert f"| bct | 0/1 ✗ | 0/1 ✗ | — | {ECC_DIAGNOSES['bct']} |" in table
     assert "posthoc:selected" not in table.split("###")[0]  # it passes: not a failure
 
 
@@ -43,7 +43,20 @@ def test_a_failing_row_without_a_diagnosis_misses_the_target() -> None:
         not target["met"]
         and target["best"] == "2 rows fail, 1 without a diagnosis (posthoc:selected)"
     )
-    assert "| posthoc:selected | 0/1 ✗ | 0/1 ✗ | **not diagnosed** |" in render_tables(results)
+    assert "| posthoc:selected | 0/1 ✗ | 0/1 ✗ | — | **not diagnosed** |" in render_tables(results)
+
+
+def test_a_failing_row_shows_its_margin_interval_per_seed() -> None:
+    from compat.protocol import summarise
+
+    results = _results(0.81, 1.0, 0.05)
+    seeds = [
+        {"independent": _cells(0.7, 0.1, 0.9), "ract": {**_cells(0.7, 0.69, 0.9), "top1 margin interval": span}}
+        for span in ((-0.021, 0.004), (-0.03, -0.002))
+    ]  # fmt: skip
+    results["summary"] = summarise(seeds)
+    table = render_tables(results).split("### Rows failing ECC, and why")[1]
+    assert "| ract | 0/2 ✗✗ | 0/2 ✗✗ | [-0.021, +0.004] / [-0.030, -0.002] |" in table
 
 
 def test_the_independent_baselines_are_never_counted() -> None:
