@@ -36,6 +36,7 @@ from torch import Tensor
 from compat.calibration import rank_matched_calibration
 from compat.metrics import curve_area
 from compat.relevance_metrics import (
+    mean_per_metric,
     per_query_relevance_metrics,
     ranked_relevance_metrics,
     relevance_metrics,
@@ -144,11 +145,6 @@ def evaluate_per_query(
 ) -> dict[str, Tensor]:
     """:func:`evaluate` before the mean over queries: ``{"recall@k": (Q,), ...}``."""
     return per_query_relevance_metrics(scores, relevance.gains, ks=ks, exclude=relevance.exclude)
-
-
-def mean_per_metric(per_query: dict[str, Tensor]) -> dict[str, float]:
-    """``{"recall@k": (Q,), ...}`` -> ``{"recall@k": mean, ...}``."""
-    return {name: float(values.mean()) for name, values in per_query.items()}
 
 
 def rerank_metrics(

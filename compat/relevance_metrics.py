@@ -78,7 +78,11 @@ def relevance_metrics(
     exclude: (Q,) gallery position removed from each query's ranking and relevance (the query's own
     entry when the query set is the gallery), or None.
     """
-    per_query = per_query_relevance_metrics(scores, relevance, ks=ks, exclude=exclude)
+    return mean_per_metric(per_query_relevance_metrics(scores, relevance, ks=ks, exclude=exclude))
+
+
+def mean_per_metric(per_query: dict[str, Tensor]) -> dict[str, float]:
+    """``{"recall@k": (Q,), ...}`` -> ``{"recall@k": mean over the queries, ...}``."""
     return {name: float(values.mean()) for name, values in per_query.items()}
 
 

@@ -54,7 +54,6 @@ from compat.backfill_curves import (
     backfill_curve,
     cosine,
     evaluate_per_query,
-    mean_per_metric,
     order_by_uncertainty,
     order_distance_to_mean,
     order_random,
@@ -62,7 +61,7 @@ from compat.backfill_curves import (
 )
 from compat.gallery_scaling import CHECKED_REACH, GalleryScaling, gallery_scaling, per_doubling
 from compat.query_spread import RESAMPLES, QuerySpread, query_spread
-from compat.relevance_metrics import gain_over_status_quo, retention
+from compat.relevance_metrics import gain_over_status_quo, mean_per_metric, retention
 from compat.vectors import check_vectors
 from kernels.errors import InvalidInputError
 
