@@ -221,7 +221,7 @@ def chain_matrix(run: Run, method: str) -> list[list[float]]:
 
 def summarise_chains(chains: list[dict[str, list[list[float]]]]) -> dict[str, Any]:
     """Per method: AC and AM (mean ± std over seeds), AC per seed, the mean matrix."""
-    from compat.protocol import mean_std
+    from compat.protocol_summary import mean_std
 
     out: dict[str, Any] = {}
     if not chains:

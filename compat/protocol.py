@@ -16,15 +16,14 @@ Rows beyond the trained methods:
   way among ``REFINE_ADAPTERS`` (training-time method + post-hoc refinement).
 
 Then the chains (:mod:`compat.chain`) and the backfilling curves (:mod:`compat.protocol_backfill`).
-:func:`run_protocol` returns every number as a JSON-ready dict; :mod:`compat.protocol_report`
-renders it. ``bench/compat_protocol.py`` and ``hotswap bench compat`` are thin entries to this.
+:func:`run_protocol` returns every number as a JSON-ready dict (arranged and summarised by
+:mod:`compat.protocol_summary`); :mod:`compat.protocol_report` renders it. ``bench/compat_protocol.py`` and ``hotswap bench compat`` are thin entries to this.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,10 +35,7 @@ from compat.adapters import Adapter
 from compat.chain import CHAIN_METHODS
 from compat.fitting import FitOptions, Selection, fit_adapter, select_adapter
 from compat.metrics import (
-    compatibility_tax,
-    compatible,
     cosine_scores,
-    gain_fraction,
     per_query_correct,
     self_retrieval_metrics,
     truncate_to_common_width,
@@ -57,6 +53,7 @@ from compat.objectives import (
     old_space_model,
 )
 from compat.oca import OCA, OCAConfig
+from compat.protocol_summary import Cells, results
 from compat.query_spread import paired_interval
 from compat.ract import RACT, RACTConfig
 from compat.references import WithReferences
@@ -94,7 +91,6 @@ BRIDGES = {  # how each trained method's new queries reach the old gallery (Obje
     "oca": "first 64 dims of the orthogonal layer",
     "nca": "orthogonal adapter 160 → 64, trained jointly (NCA over the old training gallery)",
 }
-Cells = dict[str, Any]  # cell name -> metric -> value, plus "bridge"
 Say = Callable[[str], None]
 
 
@@ -464,35 +460,8 @@ def run_protocol(
         choices.append(run.chain_choices)
         say(f"seed {seed} done ({time.perf_counter() - start:.0f} s)")
         if checkpoint:
-            checkpoint(_results(config, per_seed, chains, curves, start, choices))
-    return _results(config, per_seed, chains, curves, start, choices)
-
-
-def _results(
-    config: ProtocolConfig,
-    per_seed: list[dict[str, Cells]],
-    chains: list[Any],
-    curves: list[Any],
-    start: float,
-    chain_choices: list[Any] | None = None,
-) -> dict[str, Any]:
-    """``chain_choices``: per seed, each chain method's per-pair choices (None: not recorded, as in
-    results written before stop 21)."""
-    from compat.chain import summarise_chains
-    from compat.protocol_backfill import summarise_backfill
-
-    return {
-        "config": config.to_dict(),
-        "seeds_done": len(per_seed),
-        "per_seed": per_seed,
-        "chain_matrices": chains,
-        "chain_choices": chain_choices or [],
-        "backfill_curves": curves,
-        "summary": summarise(per_seed),
-        "chains": summarise_chains(chains),
-        "backfill": summarise_backfill(curves),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+            checkpoint(results(config, per_seed, chains, curves, start, choices))
+    return results(config, per_seed, chains, curves, start, choices)
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -505,7 +474,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [list(part["per_seed"][0]) for part in parts]
     check(all(r == rows[0] for r in rows), "parts ran different methods")
     config = ProtocolConfig.from_dict({**parts[0]["config"], "seeds": tuple(seeds)})
-    merged = _results(
+    merged = results(
         config,
         [s for part in parts for s in part["per_seed"]],
         [c for part in parts for c in part["chain_matrices"]],
@@ -516,40 +485,3 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged["seconds"] = round(sum(part["seconds"] for part in parts), 1)
     merged["wall_seconds"] = max(part["seconds"] for part in parts)
     return merged
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _reference(row: str) -> str:
-    """The unconstrained new model a row's gain and tax are measured against."""
-    return "independent@monarch" if row.endswith("@monarch") else "independent"
-
-
-def summarise(per_seed: list[dict[str, Cells]]) -> dict[str, Any]:
-    """Per row: mean ± std of every cell, ECC per seed, gain fraction and tax (per seed, then mean)."""
-    out: dict[str, Any] = {}
-    for row in per_seed[0]:
-        seeds = [s[row] for s in per_seed]
-        ref = _reference(row)
-        summary: dict[str, Any] = {"bridge": seeds[0]["bridge"]}
-        if "selected" in seeds[0]:
-            summary["selected"] = [s["selected"] for s in seeds]
-        if "top1 margin interval" in seeds[0]:  # absent from results written before stop 21
-            summary["top1 margin interval per seed"] = [s["top1 margin interval"] for s in seeds]
-        for m in ("top1", "top5", "ap"):
-            for cell in ("old/old", "new/old", "new/new"):
-                summary[f"{cell} {m}"] = mean_std([s[cell][m] for s in seeds])
-            old = [s["old/old"][m] for s in seeds]
-            cross = [s["new/old"][m] for s in seeds]
-            star = [p[ref]["new/new"][m] if ref in p else float("nan") for p in per_seed]
-            summary[f"ecc {m}"] = [compatible(a, b) for a, b in zip(cross, old, strict=True)]
-            gains = [gain_fraction(a, b, s) for a, b, s in zip(cross, old, star, strict=True)]
-            summary[f"gain {m}"] = mean_std(gains)
-            summary[f"gain {m} per seed"] = gains  # targets are met by the mean: show the spread
-            summary[f"tax {m}"] = mean_std(
-                [compatibility_tax(s, c["new/new"][m]) for s, c in zip(star, seeds, strict=True)]
-            )
-        out[row] = summary
-    return out

@@ -157,7 +157,7 @@ def backfill_curves(run: Run, say: Any = None) -> dict[str, Any]:
 
 def summarise_backfill(curves: list[dict[str, Any]]) -> dict[str, Any]:
     """Per bridge row and ordering: area mean ± std, the mean curve, and the margin over random."""
-    from compat.protocol import mean_std
+    from compat.protocol_summary import mean_std
 
     out: dict[str, Any] = {}
     if not curves:

@@ -13,9 +13,10 @@ import torch
 
 from compat.chain import summarise_chains
 from compat.metrics import chain_metrics
-from compat.protocol import ProtocolConfig, choose_adapter, summarise
+from compat.protocol import ProtocolConfig, choose_adapter
 from compat.protocol_backfill import summarise_backfill
 from compat.protocol_report import render_tables, targets
+from compat.protocol_summary import summarise
 from kernels.errors import InvalidInputError
 
 

@@ -13,7 +13,7 @@ def _ecc_target(results: dict) -> dict:
 
 
 def _with_rows(rows: dict) -> dict:
-    from compat.protocol import summarise
+    from compat.protocol_summary import summarise
 
     results = _results(0.81, 1.0, 0.05)
     results["summary"] = summarise([{"independent": _cells(0.7, 0.1, 0.9), **rows}])
@@ -47,7 +47,7 @@ def test_a_failing_row_without_a_diagnosis_misses_the_target() -> None:
 
 
 def test_a_failing_row_shows_its_margin_interval_per_seed() -> None:
-    from compat.protocol import summarise
+    from compat.protocol_summary import summarise
 
     results = _results(0.81, 1.0, 0.05)
     seeds = [
@@ -79,7 +79,7 @@ def test_the_backfill_target_never_counts_the_label_oracle() -> None:
 
 
 def test_a_target_met_on_the_mean_shows_the_seeds_below_it() -> None:
-    from compat.protocol import summarise
+    from compat.protocol_summary import summarise
 
     results = _results(0.81, 1.0, 0.05)
     results["summary"] = summarise(
