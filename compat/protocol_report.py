@@ -299,7 +299,7 @@ def ecc_table(results: dict[str, Any]) -> list[str]:
         "",
         "Top-1 margin: new/old − old/old, its 95% interval over 1,000 paired resamples of the test",
         "queries per seed (compat/query_spread.py); an interval across 0 is a tie the choice of",
-        "queries decides, one below 0 a failure no sample of queries would reverse.",
+        "queries decides, one wholly below 0 a failure that 95% of query samples would confirm.",
         "",
         "| row | top-1 ECC | mAP ECC | top-1 margin, 95% interval per seed | why |",
         "|---|---|---|---|---|",
