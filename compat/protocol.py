@@ -17,7 +17,8 @@ Rows beyond the trained methods:
 
 Then the chains (:mod:`compat.chain`) and the backfilling curves (:mod:`compat.protocol_backfill`).
 :func:`run_protocol` returns every number as a JSON-ready dict (arranged and summarised by
-:mod:`compat.protocol_summary`); :mod:`compat.protocol_report` renders it. ``bench/compat_protocol.py`` and ``hotswap bench compat`` are thin entries to this.
+:mod:`compat.protocol_summary`); :mod:`compat.protocol_report` renders it.
+``bench/compat_protocol.py`` and ``hotswap bench compat`` are thin entries to this.
 """
 
 from __future__ import annotations

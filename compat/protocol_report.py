@@ -122,7 +122,7 @@ def chain_tables(results: dict[str, Any]) -> list[str]:
 def _chain_choices(per_seed: list[dict[str, dict[str, str]]], method: str) -> list[str]:
     """One line: what held-out images chose for each pair of the chain, seed by seed."""
     chosen = [seed.get(method, {}) for seed in per_seed]
-    if not chosen or not any(chosen):
+    if not any(chosen):  # none recorded (results written before stop 21)
         return []
     pairs = ", ".join(
         f"{pair} " + " / ".join(seed.get(pair, "—") for seed in chosen) for pair in chosen[0]

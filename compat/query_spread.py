@@ -18,6 +18,7 @@ adapter's fit or a larger deployed gallery (compat/gallery_scaling.py reads that
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,12 +72,13 @@ def resampled_means(
         )
     (q,) = lengths
     g = torch.Generator().manual_seed(seed)
-    means: dict[str, list[Tensor]] = {name: [] for name in per_query}
+    values = {name: v.double() for name, v in per_query.items()}
+    means: dict[str, list[Tensor]] = {name: [] for name in values}
     chunk = max(1, 2_000_000 // q)  # (chunk, Q) positions at a time: bounded memory
     for start in range(0, resamples, chunk):
         picks = torch.randint(q, (min(chunk, resamples - start), q), generator=g)  # (b, Q)
-        for name, values in per_query.items():
-            means[name].append(values.double()[picks].mean(dim=1))
+        for name, v in values.items():
+            means[name].append(v[picks].mean(dim=1))
     return {name: torch.cat(parts) for name, parts in means.items()}
 
 
@@ -91,9 +93,7 @@ def paired_interval(
     """Percentile interval of mean(after) − mean(before) over paired query resamples; (Q,) each
     (e.g. per-query top-1 correctness of new/old and of old/old: how sure an ECC margin is)."""
     m = resampled_means({"before": before, "after": after}, resamples, seed=seed)
-    tail = (1 - level) / 2
-    difference = m["after"] - m["before"]
-    return _quantile(difference, tail), _quantile(difference, 1 - tail)
+    return _interval(m["after"] - m["before"], level)
 
 
 def query_spread(
@@ -129,31 +129,23 @@ def query_spread(
     if "rerank" in m:
         figures["rerank_retention"] = _ratio(m["rerank"], new)
         figures["rerank_gain_fraction"] = _ratio(m["rerank"] - old, new - old)
-    tail = (1 - level) / 2
-    intervals = {
-        name: (_quantile(values, tail), _quantile(values, 1 - tail))
-        for name, values in figures.items()
-    }
-    return QuerySpread(
-        resamples,
-        level,
-        len(per_query["old_old"]),
-        intervals,
-        _decisions(m, rule, target_retention),
-    )
+    intervals = {name: _interval(values, level) for name, values in figures.items()}
+    decisions = _decisions(m, figures, rule, target_retention)
+    return QuerySpread(resamples, level, len(per_query["old_old"]), intervals, decisions)
 
 
-def _decisions(m: dict[str, Tensor], rule: Rule, target: float) -> dict[str, float]:
-    """Share of resamples per decision of ``rule`` (undefined retentions count as 0)."""
-    counts: dict[str, int] = {}
-    rerank = m.get("rerank")
-    for b in range(len(m["old_old"])):
-        old, bridged, new = (float(m[c][b]) for c in ("old_old", "bridged", "new_new"))
-        rr = None if rerank is None else float(rerank[b])
-        kept = bridged / new if new > 0 else 0.0
-        kept_rr = None if rr is None else (rr / new if new > 0 else 0.0)
-        decision = rule(old, bridged, rr, kept, kept_rr, target)
-        counts[decision] = counts.get(decision, 0) + 1
+def _decisions(
+    m: dict[str, Tensor], figures: dict[str, Tensor], rule: Rule, target: float
+) -> dict[str, float]:
+    """Share of resamples per decision of ``rule`` (an undefined retention counts as 0)."""
+    columns = [m["old_old"], m["bridged"], torch.nan_to_num(figures["retention"], nan=0.0)]
+    if "rerank" in m:
+        columns += [m["rerank"], torch.nan_to_num(figures["rerank_retention"], nan=0.0)]
+    counts: Counter[str] = Counter()
+    for row in torch.stack(columns, dim=1).tolist():  # (B, 3 or 5): one resample per row
+        old, bridged, kept, *cascade = row
+        rerank, kept_rr = cascade if cascade else (None, None)
+        counts[rule(old, bridged, rerank, kept, kept_rr, target)] += 1
     total = len(m["old_old"])
     return {d: n / total for d, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
 
@@ -163,6 +155,7 @@ def _ratio(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(b != 0, a / torch.where(b != 0, b, 1.0), torch.nan)
 
 
-def _quantile(values: Tensor, q: float) -> float:
-    """NaN-ignoring quantile (NaN when every resample is undefined)."""
-    return float(torch.nanquantile(values, q))
+def _interval(values: Tensor, level: float) -> tuple[float, float]:
+    """Central percentile interval of the resampled values, NaNs ignored (NaN when all are)."""
+    tail = (1 - level) / 2
+    return float(torch.nanquantile(values, tail)), float(torch.nanquantile(values, 1 - tail))
