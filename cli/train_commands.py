@@ -33,7 +33,13 @@ def train(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="Compatibility objective: bct, ract or nca (with --old).")
+        str,
+        typer.Option(
+            help="Compatibility method (with --old): bct, ract or nca train a new encoder with a "
+            "backward adapter; extend keeps --old's encoder whole, frozen, and trains the "
+            "encoder you configure as extra dimensions beside it (its embed_dim is the extra "
+            "width), bridged by a step chosen on held-out training inputs.",
+        ),
     ] = "bct",
     dataset: Annotated[
         str, typer.Option(help="fashion-mnist, digits or auto, unless --inputs is given.")

@@ -20,7 +20,10 @@ The registered adapters live in small modules imported at the bottom of this one
 - ``lambda_orthogonal``, ``low_rank_affine`` (compat/linear_adapters.py): gradient-trained linear maps;
 - ``residual_mlp``, ``residual_mlp_nca``, ``forward_mlp`` (compat/mlp_adapters.py): nonlinear maps, no
   serving form (label terms shared in compat/label_terms.py);
-- ``contrastive_affine`` (compat/contrastive_adapter.py): an affine map trained with in-batch InfoNCE.
+- ``contrastive_affine`` (compat/contrastive_adapter.py): an affine map trained with in-batch InfoNCE;
+- ``block_step`` (compat/step_adapter.py): an extended version's bridge into its predecessor, a step
+  from the block it keeps towards a label-aware map; it reads a block (``reads_block``), so it is
+  never a default candidate between unrelated encoders.
 """
 
 from __future__ import annotations
@@ -93,6 +96,9 @@ class Adapter(nn.Module):
     config_class: type[AdapterConfig] = AdapterConfig
     config: AdapterConfig
     closed_form: ClassVar[bool] = False  # True: prepare() is the whole fit, no gradient training
+    # True: assumes the target's vectors are the source's first dim_out dimensions (an extended
+    # version's, models/extended.py); meaningless between unrelated encoders, and never widening
+    reads_block: ClassVar[bool] = False
 
     @property
     def dim_in(self) -> int:
@@ -308,4 +314,5 @@ from compat import (  # noqa: E402, F401
     linear_adapters,
     mlp_adapters,
     monarch_adapter,
+    step_adapter,
 )

@@ -16,24 +16,22 @@ C[i][j] (top-1): version-i queries on the version-j gallery of all test images, 
   method, queries sent through one direct adapter per pair as in ``posthoc`` (training-time +
   post-hoc, per pair).
 - ``extend+posthoc`` (opt-in): v_k keeps v_{k-1} whole, frozen, as a block of its vectors and trains
-  only d_k - d_{k-1} extra dimensions beside it (BT²'s extra dimensions without its influence
-  term). A later version then still encodes what an earlier one separates, classes it never saw
-  included, and v_j's block read out of v_i's vectors is exactly v_j's own embedding. Each pair's
-  queries move from that block towards a label-aware map by a step α chosen on held-out images
-  (:func:`interpolated_queries`): α = 0 is v_j's own retrieval, which the held-out choice can
-  always keep.
+  only d_k - d_{k-1} extra dimensions beside it (:class:`models.extended.ExtendedEncoder`). A later
+  version then still encodes what an earlier one separates, classes it never saw included, and v_j's
+  block read out of v_i's vectors is exactly v_j's own embedding. Each pair's queries move from that
+  block towards a label-aware map by a step chosen on held-out images (a ``block_step`` bridge,
+  :func:`compat.extension.fit_block_step`): step 0 is v_j's own retrieval, which the held-out choice
+  can always keep.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compat.adapters import Adapter
-from compat.fitting import FitOptions, fit_adapter
+from compat.extension import fit_block_step
 from compat.metrics import chain_metrics, self_retrieval_metrics
 from compat.nca_objective import NCAConfig, nca_against
 from compat.objectives import (
@@ -47,7 +45,8 @@ from compat.objectives import (
 )
 from compat.ract import RACT, RACTConfig
 from compat.simplex import Simplex, SimplexConfig
-from models.encoders import embed
+from models.encoders import Encoder, embed
+from models.extended import ExtendedEncoder
 
 if TYPE_CHECKING:
     from compat.protocol import Run
@@ -63,10 +62,6 @@ CHAIN_METHODS = (
     "nca+posthoc",
     "extend+posthoc",
 )
-# extend+posthoc's steps from v_j's own block (0) to the label-aware map (1), chosen on held-out
-# images: the full map over-corrects from a version that never saw some classes (stop 20,
-# docs/results/compat.md: seed 1's v2 → v1 test top-1 0.708 at α = 1, 0.784 at α = 0.3, 0.759 at 0)
-STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 # per pair, chosen on held-out images: the main protocol's label-aware candidates, nonlinear included
 CHAIN_ADAPTERS = (
     "procrustes",
@@ -75,27 +70,6 @@ CHAIN_ADAPTERS = (
     "lambda_orthogonal_nca",
     "residual_mlp_nca",
 )
-
-
-class Extended(nn.Module):
-    """[the predecessor's vectors (frozen), extra dims], each block unit rows: raw extra dims would
-    outweigh the predecessor's block in the version's cosine, and with it what the predecessor
-    separates. The predecessor comes first, so the rectangular identity reads it back exactly."""
-
-    def __init__(self, previous: nn.Module, extra: nn.Module) -> None:
-        super().__init__()
-        self.previous = previous.eval().requires_grad_(False)
-        self.extra = extra
-
-    def train(self, mode: bool = True) -> Extended:
-        super().train(mode)
-        self.previous.eval()  # frozen: its statistics must not move while the extra dims train
-        return self
-
-    def forward(self, x: Tensor) -> Tensor:  # (N, ...) -> (N, d_previous + d_extra)
-        with torch.no_grad():
-            kept = F.normalize(self.previous(x), dim=1)
-        return torch.cat([kept, F.normalize(self.extra(x), dim=1)], dim=1)
 
 
 def _version(
@@ -115,7 +89,9 @@ def _version(
         objective: Objective = Simplex(SimplexConfig(classes=10, embed_dim=dim, hoc=bool(refs)))
         return fit(mlp(dim), objective, x, y, seed, c.epochs, refs)
     if method == "extend" and previous is not None:
-        encoder = Extended(new_space_model(*previous), mlp(dim - c.chain_dims[v - 1]))
+        # every version of the chain is a registered encoder (mlp, or extended in turn)
+        kept = cast(Encoder, previous[0])
+        encoder = ExtendedEncoder.around(kept, mlp(dim - c.chain_dims[v - 1]))
         objective = Classification(ObjectiveConfig(classes=classes, embed_dim=dim))
         return fit(encoder, objective, x, y, seed, c.epochs)
     if previous is None or method == "posthoc":
@@ -146,58 +122,17 @@ def _queries(
         source, target = (embed(new_space_model(*models[k]), run.x) for k in (i, j))
         queries = embed(new_space_model(*models[i]), run.x_test)
         pair = run.chain_choices.setdefault(method, {})
-        if method == "extend+posthoc":
-            queries, step = interpolated_queries(run, source, target, queries)
-            pair[f"v{i + 1}→v{j + 1}"] = f"step {step:g}"
-            return queries
+        if method == "extend+posthoc":  # v_j's block of v_i's vectors, stepped towards a map
+            epochs = run.config.adapter_epochs
+            bridge = fit_block_step(source, target, run.y, seed=run.seed, epochs=epochs)
+            pair[f"v{i + 1}→v{j + 1}"] = f"step {bridge.config.step:g}"
+            return bridge.transform(queries)
         _, choice, adapter = choose_adapter(run, source, target, CHAIN_ADAPTERS)
         pair[f"v{i + 1}→v{j + 1}"] = choice
         return adapter.transform(queries)
     encoder, _ = models[i]
     hops = [models[k][1].bridge_module() or nn.Identity() for k in range(i, j, -1)]
     return embed(nn.Sequential(encoder, *hops), run.x_test)
-
-
-def interpolated_queries(
-    run: Run, source: Tensor, target: Tensor, queries: Tensor
-) -> tuple[Tensor, float]:
-    """Extended v_i's queries (N_test, d_i) in v_j's space: (1 − α)·block + α·B(q), both unit rows;
-    returns them and the chosen α.
-
-    source (N, d_i) / target (N, d_j): the training images under v_i / v_j; the block is the first
-    d_j dimensions of v_i (v_j's own vectors); B is ``lambda_orthogonal_nca`` started there
-    (``init="identity"``). α is chosen on the run's held-out split by class top-1, then mAP, ties
-    to the smaller step; B is then refitted on all pairs.
-    """
-    from compat.protocol import held_out_split
-
-    d = target.shape[1]
-    held, kept = held_out_split(run, len(source))
-
-    def fitted(rows: Tensor) -> Adapter:
-        return fit_adapter(
-            "lambda_orthogonal_nca",
-            source[rows],
-            target[rows],
-            direction="backward",
-            seed=run.seed,
-            options=FitOptions(epochs=run.config.adapter_epochs),
-            labels=run.y[rows],
-            config={"init": "identity"},
-        ).adapter
-
-    def moved(adapter: Adapter, x: Tensor, step: float) -> Tensor:
-        block = F.normalize(x[:, :d], dim=1)
-        return (1 - step) * block + step * F.normalize(adapter.transform(x), dim=1)
-
-    probe = fitted(kept)
-
-    def score(step: float) -> tuple[float, float, float]:
-        m = self_retrieval_metrics(moved(probe, source[held], step), target[held], run.y[held])
-        return round(m["top1"], 6), round(m["ap"], 6), -step
-
-    step = max(STEPS, key=score)
-    return moved(fitted(torch.arange(len(source))), queries, step), step
 
 
 def chain_matrix(run: Run, method: str) -> list[list[float]]:

@@ -348,12 +348,20 @@ def select_adapter(
     return Selection(best, adapter, criterion, len(train), n_held, reports)
 
 
+def split_rows(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """One seeded split of n rows: (a fifth held out to choose on, the rest to fit on)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[: n // 5], order[n // 5 :]
+
+
 def _default_keys(*, labelled: bool = False) -> list[str]:
-    """Every registered key, DEFAULT_CANDIDATES first; label-only adapters only when ``labelled``."""
+    """Every registered key, DEFAULT_CANDIDATES first; label-only adapters only when ``labelled``;
+    never one that reads a block (an extended version's bridge, chosen by its own fit)."""
     registered = ADAPTERS.keys()
     keys = [k for k in DEFAULT_CANDIDATES if k in registered] + [
         k for k in registered if k not in DEFAULT_CANDIDATES
     ]
+    keys = [k for k in keys if not ADAPTERS.get(k).reads_block]  # extended versions only
     return [k for k in keys if labelled or not _label_only(k)]
 
 

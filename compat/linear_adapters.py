@@ -130,7 +130,7 @@ class LambdaOrthogonalAdapter(LabelAwareAdapter):
 
     def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         """x (B, dim_in) new, y (B, dim_out) old, labels (B,) int or None."""
-        mapped = self(x)  # (B, dim_out)
+        mapped = self.linear(x)  # (B, dim_out): the map being fitted (block_step serves it stepped)
         loss = self.fit_term(mapped, y) + self.penalty()
         return self.add_label_terms(loss, mapped, y, labels)
 

@@ -27,14 +27,15 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from compat.adapters import Adapter
 from compat.chain import CHAIN_METHODS
-from compat.fitting import FitOptions, Selection, fit_adapter, select_adapter
+from compat.extension import fit_block_step
+from compat.fitting import FitOptions, Selection, fit_adapter, select_adapter, split_rows
 from compat.metrics import (
     cosine_scores,
     per_query_correct,
@@ -62,7 +63,8 @@ from compat.simplex import Simplex, SimplexConfig
 from compat.training import TrainConfig, train
 from models.config import Config, check
 from models.datasets import load_dataset
-from models.encoders import MLPEncoderConfig, build_encoder, embed
+from models.encoders import Encoder, MLPEncoderConfig, build_encoder, embed
+from models.extended import ExtendedEncoder
 
 TRAINED = (
     "independent",
@@ -81,7 +83,9 @@ TRAINED = (
 REFINABLE = ("bct", "bt2", "oca", "ract", "nca")  # the "+posthoc" rows
 # their candidates (bounded time): the rigid map, the free one, λ-orth plain and label-aware
 REFINE_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal", "lambda_orthogonal_nca")
-METHODS = (*TRAINED, "posthoc", *(f"{m}+posthoc" for m in REFINABLE))
+# the old model kept whole beside trained dims, bridged by a held-out step (models/extended.py)
+EXTENDED = "extend+posthoc"
+METHODS = (*TRAINED, "posthoc", *(f"{m}+posthoc" for m in REFINABLE), EXTENDED)
 METRICS = ("top1", "ap")
 BRIDGES = {  # how each trained method's new queries reach the old gallery (Objective.bridge_module)
     "bct": "orthogonal adapter, trained jointly",
@@ -153,7 +157,7 @@ class ProtocolConfig(Config):
             base = method.split("+")[0]
             uses = method.split("@")[0] in ("bt2", "bt2_light", "posthoc") or "+" in method
             check(not uses or needs in self.methods, f"method {method!r} needs {needs!r} too")
-            check(base in self.methods or base == method, f"{method!r} needs {base!r} too")
+            check(base in self.methods or base not in TRAINED, f"{method!r} needs {base!r} too")
 
     @classmethod
     def quick(cls) -> ProtocolConfig:
@@ -190,7 +194,7 @@ class Run:
     chain_choices: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
 
-def mlp(dim: int, layer: str = "dense", hidden: tuple[int, ...] | None = None) -> nn.Module:
+def mlp(dim: int, layer: str = "dense", hidden: tuple[int, ...] | None = None) -> Encoder:
     """The protocol's encoders: 784→hidden→dim; Monarch variants get two 512 hidden layers."""
     hidden = hidden or ((512, 512) if layer == "monarch" else (512,))
     return build_encoder(
@@ -282,6 +286,25 @@ def _train_method(run: Run, method: str) -> tuple[nn.Module, Objective]:
     raise ValueError(f"not a training-time method: {method}")  # guarded by ProtocolConfig
 
 
+def _extended(run: Run) -> Cells:
+    """``extend+posthoc``: the old model kept whole, frozen, beside new_dim + extra_dims − old_dim
+    dims trained on every class (nca's and BT²'s width); queries reach the old gallery through a
+    ``block_step`` whose step is chosen on held-out training images (compat/extension.py)."""
+    c = run.config
+    torch.manual_seed(run.seed * 1000 + METHODS.index(EXTENDED))
+    width = c.new_dim + c.extra_dims
+    encoder = ExtendedEncoder.around(cast(Encoder, run.old), mlp(width - c.old_dim))
+    objective = Classification(ObjectiveConfig(classes=10, embed_dim=width))
+    run.trained["extend"] = fit(encoder, objective, run.x, run.y, run.seed + 1, c.epochs)
+    new_train, new_test = embed(encoder, run.x), embed(encoder, run.x_test)
+    epochs = c.adapter_epochs
+    bridge = fit_block_step(new_train, run.old_train, run.y, seed=run.seed, epochs=epochs)
+    cells = _cells(run, EXTENDED, bridge.transform(new_test), new_test)
+    cells["bridge"] = "block_step: the kept old block, stepped towards λ-orth NCA"
+    cells["selected"] = f"step {bridge.config.step:g}"
+    return cells
+
+
 def _cells(run: Run, row: str, bridged: Tensor, new: Tensor, old: Tensor | None = None) -> Cells:
     """The three cells; ``old`` = the old gallery (the run's old model unless a method has its own)."""
     old = run.old_test if old is None else old
@@ -341,8 +364,7 @@ def _trained_cells(run: Run, method: str) -> Cells:
 
 def held_out_split(run: Run, n: int) -> tuple[Tensor, Tensor]:
     """The run's one seeded split of n training images: (20% held out to choose on, the rest)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.seed))
-    return order[: n // 5], order[n // 5 :]
+    return split_rows(n, run.seed)
 
 
 def choose_adapter(
@@ -418,6 +440,8 @@ def method_rows(run: Run, method: str, say: Say) -> dict[str, Cells]:
         return {"simplex": _simplex(run)}
     if method == "posthoc":
         return _posthoc(run, "independent", say)
+    if method == EXTENDED:
+        return {method: _extended(run)}
     if method.endswith("+posthoc"):
         return _posthoc(run, method.split("+")[0], say)
     return {method: _trained_cells(run, method)}

@@ -2,9 +2,11 @@
 
 The old version's encoder comes from the catalog; the new encoder is any registered encoder built
 from its key + config; the method is a registered training-time objective whose bridge is a
-registered adapter (BCT's and RACT's backward adapter). The new version, its backward adapter (with
-the protocol cells as its metrics) and its embedding space are recorded in one transaction, after
-training and evaluation, so a bad input or a failed run changes nothing in the catalog.
+registered adapter (BCT's and RACT's backward adapter), or ``extend``: the old encoder kept whole
+inside the new one beside trained extra dimensions, bridged by a ``block_step``. The new version,
+its backward adapter (with the protocol cells as its metrics) and its embedding space are recorded
+in one transaction, after training and evaluation, so a bad input or a failed run changes nothing
+in the catalog.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import select
 from torch import Tensor, nn
 
 from compat.adapters import Adapter
+from compat.extension import fit_block_step
 from compat.metrics import compatible, self_retrieval_metrics
 from compat.nca_objective import NCAConfig, nca_against
 from compat.objectives import (
@@ -41,17 +44,20 @@ from compat.training import TrainConfig, train
 from index import galleries, versions
 from index.catalog import ModelVersion
 from index.context import Context
-from kernels.errors import ConflictError, InvalidInputError
+from kernels.errors import ConflictError, InvalidInputError, NotFoundError, did_you_mean
 from models.config import Config, check
 from models.datasets import LabelledImages
 from models.encoders import ENCODERS, Encoder, build_encoder, embed
+from models.extended import ExtendedEncoder
 from models.vector_files import load_labels, load_vectors
 
 Report = Callable[[str, int, int], None]  # (task, done, total): progress for the CLI to draw
 # Objectives whose new space is the encoder's own output and whose bridge is a registered adapter:
-# what the catalog can serve today. BT²/OCA/d-Simplex embed through an extra module (see
-# compat.objectives), which a model version cannot hold yet.
-UPGRADE_METHODS = ("bct", "ract", "nca")
+# what the catalog can serve today; ``extend`` keeps the old encoder whole inside the new one
+# (models/extended.py) and bridges by a held-out step (compat/extension.py). BT²/OCA/d-Simplex
+# embed through an extra module (see compat.objectives), which a model version cannot hold yet.
+UPGRADE_METHODS = ("bct", "ract", "nca", "extend")
+EXTEND = "extend"
 
 
 class StageClock:
@@ -97,7 +103,11 @@ class UpgradeConfig(Config):
         if self.old is None:
             object.__setattr__(self, "method", "classification")  # nothing to be compatible with
             return
-        OBJECTIVES.get(self.method)  # an unknown key gets a did-you-mean
+        if self.method not in OBJECTIVES and self.method != EXTEND:
+            methods = [*OBJECTIVES.keys(), EXTEND]
+            raise NotFoundError(
+                f"unknown method {self.method!r}", fix=did_you_mean(self.method, methods)
+            )
         check(
             self.method in UPGRADE_METHODS,
             f"method {self.method!r} cannot be registered as a served upgrade yet; "
@@ -163,7 +173,10 @@ def fit_compatible(
     """Train ``encoder`` (x (N, D) -> (N, d_new)) compatibly with the frozen ``old`` (-> d_old).
 
     Returns the backward adapter (d_new -> d_old) that sends new queries into the old space.
+    With ``extend``, ``encoder`` must be an :class:`ExtendedEncoder` around ``old``.
     """
+    if method == EXTEND:
+        return _fit_extension(encoder, old, x, y, classes, config, progress)
     old_dim = int(embed(old, x[:1]).shape[1])
     objective: Objective
     model: nn.Module = encoder
@@ -192,6 +205,24 @@ def fit_compatible(
     return bridge
 
 
+def _fit_extension(
+    encoder: Encoder,
+    old: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    classes: int,
+    config: TrainConfig,
+    progress: Callable[[int, int], None] | None,
+) -> Adapter:
+    """Train the extra dimensions beside the frozen ``old`` (plain classification: the old block
+    already keeps the old space), then fit its ``block_step`` bridge on the training inputs."""
+    if not (isinstance(encoder, ExtendedEncoder) and encoder.previous is old):
+        raise InvalidInputError("method 'extend' trains an ExtendedEncoder around the old encoder")
+    objective = Classification(ObjectiveConfig(classes=classes, embed_dim=encoder.embed_dim))
+    train(encoder, objective, x, y, config, progress)
+    return fit_block_step(embed(encoder, x), embed(old, x), y, seed=config.seed)
+
+
 def train_upgrade(
     ctx: Context, config: UpgradeConfig, data: LabelledImages, report: Report | None = None
 ) -> dict[str, Any]:
@@ -203,6 +234,8 @@ def train_upgrade(
     x, y = (torch.from_numpy(a[: config.train_limit]) for a in (data.train_x, data.train_y))
     torch.manual_seed(config.seed)
     encoder = build_encoder(config.encoder, _with_input_dim(config, data.dim))
+    if config.method == EXTEND and old is not None:  # the configured encoder gives the extra dims
+        encoder = ExtendedEncoder.around(old, encoder)
     train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed)
 
     def progress(done: int, total: int) -> None:

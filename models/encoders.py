@@ -3,8 +3,9 @@
 An encoder maps inputs to raw (N, embed_dim) features; :func:`embed` turns them into the fp32,
 L2-normalized rows that cosine retrieval indexes. The catalog stores ``(key, config_json)`` and
 rebuilds encoders with :func:`build_encoder`. Keys: ``mlp`` and ``projection_head`` (here),
-``conv`` (:mod:`models.conv_encoder`), ``transformer`` (:mod:`models.transformer_encoder`); the
-last two are imported at the bottom of this module so every key is registered with ``ENCODERS``.
+``conv`` (:mod:`models.conv_encoder`), ``transformer`` (:mod:`models.transformer_encoder`),
+``extended`` (:mod:`models.extended`: a predecessor kept whole beside extra dimensions); the
+last three are imported at the bottom of this module so every key is registered with ``ENCODERS``.
 """
 
 from __future__ import annotations
@@ -206,4 +207,4 @@ def embed(
 
 
 # Register the encoders that live in their own modules (they import the names above).
-from models import conv_encoder, transformer_encoder  # noqa: E402, F401
+from models import conv_encoder, extended, transformer_encoder  # noqa: E402, F401

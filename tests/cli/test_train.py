@@ -83,6 +83,33 @@ def test_nca_upgrade_is_registered_and_served(trained) -> None:
     assert _served_new_old_cell(data, "v5") == pytest.approx(out["cells"]["new/old"], abs=1e-6)
 
 
+def test_an_extended_upgrade_keeps_the_old_model_and_is_served(trained) -> None:
+    """--method extend: v1 kept whole inside v6 beside 16 trained dims, a block_step bridge."""
+    data, first, _ = trained
+    common = ("--dir", str(data), "--quick", "--json", "--dataset", "fashion-mnist")
+    extra = '{"hidden_dims": [64], "embed_dim": 16}'
+    result = hotswap(
+        "train", "--old", "v1", "--new", "v6", "--method", "extend", "--encoder-config", extra,
+        *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["method"], out["adapter"], out["dim"]) == ("extend", "v6-to-v1", 48)
+    assert _served_new_old_cell(data, "v6") == pytest.approx(out["cells"]["new/old"], abs=1e-6)
+    ctx = open_context(data)
+    with ctx.transaction() as session:
+        v1, v6 = (versions.get_version(session, n) for n in ("v1", "v6"))
+        old, new = versions.load_version_encoder(ctx, v1), versions.load_version_encoder(ctx, v6)
+        adapter = versions.query_adapter(ctx, session, v6, v1)
+    assert new.key == "extended" and adapter.key == "block_step"
+    x = torch.from_numpy(load_dataset("fashion-mnist").test_x[:50])
+    torch.testing.assert_close(embed(new, x)[:, :32] * 2**0.5, embed(old, x), atol=1e-5, rtol=0)
+    # an extension extends in turn: v7 keeps v6 (and so v1) whole
+    again = hotswap("train", "--old", "v6", "--new", "v7", "--method", "extend", *common)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["dim"] == 48 + 64  # the mlp encoder's default embed_dim
+
+
 def test_models_show(trained) -> None:
     data, _, second = trained
     shown = json.loads(hotswap("models", "show", "v2", "--dir", str(data), "--json").stdout)
@@ -104,6 +131,7 @@ def test_models_show(trained) -> None:
         (("--old", "v1", "--new", "v3", "--method", "bt2"), InvalidInputError, "cannot be"),
         (("--old", "v1", "--new", "v3", "--method", "bcx"), NotFoundError, "did you mean"),
         (("--old", "v9", "--new", "v3"), NotFoundError, "unknown model version 'v9'"),
+        (("--old", "v1", "--new", "v3", "--method", "extnd"), NotFoundError, "'extend'"),
         (("--old", "v1", "--new", "v2"), ConflictError, "'v2' already exists"),
         (("--new", "v3", "--encoder-config", "{oops"), InvalidInputError, "encoder config"),
         (("--new", "v3", "--encoder-config", '{"depth": 3}'), InvalidInputError, "no field"),

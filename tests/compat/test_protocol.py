@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compat.chain import summarise_chains
-from compat.metrics import chain_metrics
+from compat.metrics import chain_metrics, self_retrieval_metrics
 from compat.protocol import ProtocolConfig, choose_adapter
 from compat.protocol_backfill import summarise_backfill
 from compat.protocol_report import render_tables, targets
@@ -171,7 +171,6 @@ def test_the_post_hoc_target_is_the_held_out_choice_not_the_best_test_row() -> N
 def test_backfill_metric_is_cmc_top1() -> None:
     """The curves' MRR@1 under label relevance, self-match removed, equals the cells' CMC top-1."""
     from compat.backfill_curves import Relevance, cosine, evaluate
-    from compat.metrics import self_retrieval_metrics
     from compat.protocol_backfill import METRIC
 
     x, labels = _clustered(3, n=300)
@@ -266,35 +265,26 @@ def test_an_extended_version_keeps_its_predecessor_whole_and_frozen() -> None:
         ProtocolConfig(chain_dims=(64, 64, 128), chain_methods=("extend+posthoc",))
 
 
-def test_extended_queries_step_from_the_predecessors_own_block(monkeypatch) -> None:
-    """α = 0 is v1's own embedding of the queries (its block of v2); a step mixes in the map."""
-    import torch.nn.functional as F
-
-    import compat.chain as chain
-    from compat.fitting import FitOptions, fit_adapter
-    from compat.objectives import new_space_model
-    from compat.protocol import _prepare
+def test_the_extended_row_keeps_the_old_model_inside_the_new_one() -> None:
+    """``extend+posthoc``: new vectors start with the old model's; the bridge's step is on record."""
+    from compat.extension import STEPS
+    from compat.protocol import EXTENDED, _prepare, method_rows
     from models.encoders import embed
 
     run = _prepare(ProtocolConfig.quick(), 0)
-    v1 = chain._version(run, "extend", 0, None)
-    v2 = chain._version(run, "extend", 1, v1)
-    source, target = (embed(new_space_model(*v), run.x) for v in (v2, v1))
-    queries = embed(new_space_model(*v2), run.x_test)
-    own = embed(new_space_model(*v1), run.x_test)
-    monkeypatch.setattr(chain, "STEPS", (0.0,))
-    kept, step = chain.interpolated_queries(run, source, target, queries)
-    assert step == 0.0 and torch.allclose(kept, own, atol=1e-5)
-    # α = 1: the label-aware map alone, started at the block and fitted on every training pair
-    monkeypatch.setattr(chain, "STEPS", (1.0,))
-    options = FitOptions(epochs=run.config.adapter_epochs)
-    mapped = fit_adapter(
-        "lambda_orthogonal_nca", source, target, direction="backward", seed=run.seed,
-        options=options, labels=run.y, config={"init": "identity"},
-    ).adapter.transform(queries)  # fmt: skip
-    moved, step = chain.interpolated_queries(run, source, target, queries)
-    assert step == 1.0 and torch.allclose(moved, F.normalize(mapped, dim=1), atol=1e-5)
-    assert not torch.allclose(moved, own, atol=1e-3)
+    cells = method_rows(run, EXTENDED, lambda message: None)[EXTENDED]
+    encoder, _ = run.trained["extend"]
+    c = run.config
+    new = embed(encoder, run.x_test)
+    assert new.shape[1] == c.new_dim + c.extra_dims
+    assert torch.allclose(new[:, : c.old_dim] * 2**0.5, run.old_test, atol=1e-5)
+    step = float(cells["selected"].removeprefix("step "))
+    assert step in STEPS
+    assert cells["old/old"] == self_retrieval_metrics(run.old_test, run.old_test, run.y_test)
+    lo, hi = cells["top1 margin interval"]
+    margin = cells["new/old"]["top1"] - cells["old/old"]["top1"]
+    assert lo <= margin <= hi
+    assert ProtocolConfig(methods=("independent", EXTENDED)).methods == ("independent", EXTENDED)
 
 
 def test_a_posthoc_chain_trains_its_base_method_and_bridges_each_pair_directly() -> None:

@@ -1,0 +1,55 @@
+"""Bridging a version that extends its predecessor (models/extended.py): fit B, choose the step.
+
+See compat/step_adapter.py for the bridge itself; here its α is chosen on held-out pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from compat.fitting import FitOptions, fit_adapter, split_rows
+from compat.metrics import self_retrieval_metrics
+from compat.step_adapter import BlockStepAdapter
+
+# From the block alone (0) to the label-aware map (1); the protocol's chains chose 0.3-0.7
+STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+
+
+def fit_block_step(
+    source: Tensor,
+    target: Tensor,
+    labels: Tensor,
+    *,
+    seed: int = 0,
+    epochs: int = 30,
+) -> BlockStepAdapter:
+    """Fit the bridge of an extended version: source (N, d_new) its vectors of the training items,
+    target (N, d_old) the predecessor's, labels (N,) their classes. α is chosen on a seeded fifth
+    of the pairs (:func:`compat.fitting.split_rows`, the map fitted on the rest) by class top-1,
+    then mAP, ties to the smaller step; the map is then refitted on all pairs with that α."""
+
+    def fitted(rows: Tensor, step: float = 1.0) -> BlockStepAdapter:
+        adapter = fit_adapter(
+            "block_step",
+            source[rows],
+            target[rows],
+            direction="backward",
+            seed=seed,
+            options=FitOptions(epochs=epochs),
+            labels=labels[rows],
+            config={"step": step},
+        ).adapter
+        assert isinstance(adapter, BlockStepAdapter)  # the registered class; a bug otherwise
+        return adapter
+
+    held, kept = split_rows(len(source), seed)
+    probe = fitted(kept)
+
+    def score(step: float) -> tuple[float, float, float]:
+        with torch.no_grad():
+            queries = probe.stepped(source[held], step)
+        m = self_retrieval_metrics(queries, target[held], labels[held])
+        return round(m["top1"], 6), round(m["ap"], 6), -step
+
+    return fitted(torch.arange(len(source)), max(STEPS, key=score))
