@@ -39,11 +39,15 @@ averaged. `posthoc:<key>` rows: every registered adapter fitted new→old on the
 training-image features (label-aware ones — `lambda_orthogonal_supcon`, `lambda_orthogonal_nca`,
 `residual_mlp_nca` — with the training images' labels); `posthoc:paired` is select_adapter's
 choice (held-out paired recall@10), `posthoc:selected` and `<method>+posthoc` are chosen on
-held-out training images by class top-1. Chains (compat/chain.py): classes 0-3 → 0-6 → 0-9,
-widths 64 → 96 → 128, one adapter per pair. Backfilling (compat/protocol_backfill.py): first
-2,000 test images, 11 points, top-1; bridged scores calibrated per backfill fraction on the
-migrated items, as serving does per migration wave; `fastfill` transforms the old gallery forward
-(old→new `forward_mlp` with FastFill's σ head) instead of bridging queries backward.
+held-out training images by class top-1. `extend+posthoc`: the old model kept whole, frozen, beside
+96 dims trained on all 10 classes (160 in all, models/extended.py), queries bridged by a
+`block_step` (the kept block stepped towards λ-orth NCA, the step chosen on held-out training
+images; compat/extension.py): what `hotswap train --method extend` registers. Chains
+(compat/chain.py): classes 0-3 → 0-6 → 0-9, widths 64 → 96 → 128, one adapter per pair.
+Backfilling (compat/protocol_backfill.py): first 2,000 test images, 11 points, top-1; bridged
+scores calibrated per backfill fraction on the migrated items, as serving does per migration
+wave; `fastfill` transforms the old gallery forward (old→new `forward_mlp` with FastFill's σ head)
+instead of bridging queries backward.
 
 """
 

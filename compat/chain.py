@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from compat.extension import fit_block_step
+from compat.fitting import FitOptions
 from compat.metrics import chain_metrics, self_retrieval_metrics
 from compat.nca_objective import NCAConfig, nca_against
 from compat.objectives import (
@@ -123,8 +124,8 @@ def _queries(
         queries = embed(new_space_model(*models[i]), run.x_test)
         pair = run.chain_choices.setdefault(method, {})
         if method == "extend+posthoc":  # v_j's block of v_i's vectors, stepped towards a map
-            epochs = run.config.adapter_epochs
-            bridge = fit_block_step(source, target, run.y, seed=run.seed, epochs=epochs)
+            options = FitOptions(epochs=run.config.adapter_epochs)
+            bridge = fit_block_step(source, target, run.y, seed=run.seed, options=options)
             pair[f"v{i + 1}→v{j + 1}"] = f"step {bridge.config.step:g}"
             return bridge.transform(queries)
         _, choice, adapter = choose_adapter(run, source, target, CHAIN_ADAPTERS)

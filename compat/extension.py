@@ -22,7 +22,7 @@ def fit_block_step(
     labels: Tensor,
     *,
     seed: int = 0,
-    epochs: int = 30,
+    options: FitOptions | None = None,
 ) -> BlockStepAdapter:
     """Fit the bridge of an extended version: source (N, d_new) its vectors of the training items,
     target (N, d_old) the predecessor's, labels (N,) their classes. α is chosen on a seeded fifth
@@ -36,7 +36,7 @@ def fit_block_step(
             target[rows],
             direction="backward",
             seed=seed,
-            options=FitOptions(epochs=epochs),
+            options=options,
             labels=labels[rows],
             config={"step": step},
         ).adapter

@@ -297,8 +297,8 @@ def _extended(run: Run) -> Cells:
     objective = Classification(ObjectiveConfig(classes=10, embed_dim=width))
     run.trained["extend"] = fit(encoder, objective, run.x, run.y, run.seed + 1, c.epochs)
     new_train, new_test = embed(encoder, run.x), embed(encoder, run.x_test)
-    epochs = c.adapter_epochs
-    bridge = fit_block_step(new_train, run.old_train, run.y, seed=run.seed, epochs=epochs)
+    options = FitOptions(epochs=c.adapter_epochs)
+    bridge = fit_block_step(new_train, run.old_train, run.y, seed=run.seed, options=options)
     cells = _cells(run, EXTENDED, bridge.transform(new_test), new_test)
     cells["bridge"] = "block_step: the kept old block, stepped towards λ-orth NCA"
     cells["selected"] = f"step {bridge.config.step:g}"

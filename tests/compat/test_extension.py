@@ -51,7 +51,7 @@ def extended_pair():
 def test_step_zero_is_the_predecessors_own_retrieval(extended_pair, monkeypatch) -> None:
     run, source, target, queries, own = extended_pair
     monkeypatch.setattr(extension, "STEPS", (0.0,))
-    bridge = extension.fit_block_step(source, target, run.y, seed=0, epochs=2)
+    bridge = extension.fit_block_step(source, target, run.y, seed=0, options=FitOptions(epochs=2))
     assert bridge.config.step == 0.0
     torch.testing.assert_close(bridge.transform(queries), own, rtol=1e-5, atol=1e-5)
 
@@ -59,7 +59,7 @@ def test_step_zero_is_the_predecessors_own_retrieval(extended_pair, monkeypatch)
 def test_step_one_is_the_label_aware_map_fitted_on_every_pair(extended_pair, monkeypatch) -> None:
     run, source, target, queries, own = extended_pair
     monkeypatch.setattr(extension, "STEPS", (1.0,))
-    bridge = extension.fit_block_step(source, target, run.y, seed=0, epochs=2)
+    bridge = extension.fit_block_step(source, target, run.y, seed=0, options=FitOptions(epochs=2))
     mapped = fit_adapter(
         "lambda_orthogonal_nca", source, target, direction="backward", seed=0,
         options=FitOptions(epochs=2), labels=run.y, config={"init": "identity"},
@@ -75,7 +75,7 @@ def test_the_chosen_step_is_the_best_on_held_out_pairs(extended_pair) -> None:
     from compat.metrics import self_retrieval_metrics
 
     run, source, target, _, _ = extended_pair
-    bridge = extension.fit_block_step(source, target, run.y, seed=0, epochs=2)
+    bridge = extension.fit_block_step(source, target, run.y, seed=0, options=FitOptions(epochs=2))
     held, kept = split_rows(len(source), 0)
     probe = fit_adapter(
         "block_step", source[kept], target[kept], direction="backward", seed=0,
