@@ -14,6 +14,9 @@ Rows beyond the trained methods:
   by held-out class top-1 (:func:`choose_adapter`), refitted on all pairs.
 - ``<method>+posthoc``: a trained method's new-space features refined by an adapter chosen the same
   way among ``REFINE_ADAPTERS`` (training-time method + post-hoc refinement).
+- ``extend+posthoc``: the old model kept whole, frozen, inside a new one beside trained extra
+  dimensions (:class:`models.extended.ExtendedEncoder`), queries bridged by a ``block_step`` whose
+  step is chosen on held-out training images (:func:`compat.extension.fit_block_step`).
 
 Then the chains (:mod:`compat.chain`) and the backfilling curves (:mod:`compat.protocol_backfill`).
 :func:`run_protocol` returns every number as a JSON-ready dict (arranged and summarised by

@@ -9,7 +9,7 @@ so queries move from the block towards B by a step α:
 
     bridge(x) = (1 − α)·normalize(x[:, :d_old]) + α·normalize(x W + b)        (N, d_new) -> (N, d_old)
 
-α is not trained: :func:`compat.extension.fit_block_step` chooses it on held-out pairs from :data:`STEPS` (α = 0 is
+α is not trained: :func:`compat.extension.fit_block_step` chooses it on held-out pairs (α = 0 is
 the predecessor's own retrieval, which the choice can always keep). Two normalizations make it
 nonlinear, so it serves through its module like the MLP adapters. It reads a block, so it only
 narrows, and it is never a default candidate between unrelated encoders (``reads_block``).

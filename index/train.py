@@ -242,8 +242,6 @@ def train_upgrade(
     x, y = (torch.from_numpy(a[: config.train_limit]) for a in (data.train_x, data.train_y))
     torch.manual_seed(config.seed)
     encoder = build_encoder(config.encoder, _with_input_dim(config, data.dim))
-    if config.method == EXTEND and old is not None:  # the configured encoder gives the extra dims
-        encoder = ExtendedEncoder.around(old, encoder)
     train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed)
 
     def progress(done: int, total: int) -> None:
@@ -258,6 +256,8 @@ def train_upgrade(
             adapter = None
         else:
             _check_widths(old, x, data)
+            if config.method == EXTEND:  # the configured encoder gives the extra dimensions
+                encoder = ExtendedEncoder.around(old, encoder)
             adapter = fit_compatible(
                 encoder,
                 old,

@@ -77,10 +77,6 @@ class ExtendedEncoder(Encoder):
         )
         return cls(config, previous, extra)
 
-    @property
-    def previous_dim(self) -> int:
-        return int(self.previous.embed_dim)
-
     def train(self, mode: bool = True) -> ExtendedEncoder:
         super().train(mode)
         self.previous.eval()  # frozen: its batch statistics must not move while the extra dims train
