@@ -12,7 +12,8 @@ from compat.fitting import FitOptions, fit_adapter, split_rows
 from compat.metrics import self_retrieval_metrics
 from compat.step_adapter import BlockStepAdapter
 
-# From the block alone (0) to the label-aware map (1); the protocol's chains chose 0.3-0.7
+# From the block alone (0) to the label-aware map (1); the protocol's chains chose 0.3-0.7, its
+# extend+posthoc row 0.7-1 (docs/results/compat.md, stop 22)
 STEPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 
 

@@ -298,6 +298,7 @@ def _extended(run: Run) -> Cells:
     width = c.new_dim + c.extra_dims
     encoder = ExtendedEncoder.around(cast(Encoder, run.old), mlp(width - c.old_dim))
     objective = Classification(ObjectiveConfig(classes=10, embed_dim=width))
+    # kept like every trained row's model: a backfill bridge row reads its new space from here
     run.trained["extend"] = fit(encoder, objective, run.x, run.y, run.seed + 1, c.epochs)
     new_train, new_test = embed(encoder, run.x), embed(encoder, run.x_test)
     options = FitOptions(epochs=c.adapter_epochs)
@@ -365,11 +366,6 @@ def _trained_cells(run: Run, method: str) -> Cells:
     return cells
 
 
-def held_out_split(run: Run, n: int) -> tuple[Tensor, Tensor]:
-    """The run's one seeded split of n training images: (20% held out to choose on, the rest)."""
-    return split_rows(n, run.seed)
-
-
 def choose_adapter(
     run: Run, source: Tensor, target: Tensor, keys: tuple[str, ...] | None
 ) -> tuple[Selection, str, Adapter]:
@@ -381,7 +377,7 @@ def choose_adapter(
     that winner is refitted on all pairs. Label-aware candidates get the training images' labels.
     Returns (select_adapter's selection, task choice, refit).
     """
-    held, kept = held_out_split(run, len(source))
+    held, kept = split_rows(len(source), run.seed)  # the run's one split, as the chain's
     options = FitOptions(epochs=run.config.adapter_epochs)
     pick = select_adapter(
         source[kept],
