@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from compat.adapters import Adapter, AdapterConfig, build_adapter, squared_distance
 from compat.label_terms import neighbourhood_loss
+from compat.linear_adapters import LambdaOrthogonalAdapter
 from compat.objectives import OBJECTIVES, CosineClassifier, Objective, ObjectiveConfig
 from kernels.errors import InvalidInputError
 from models.config import check
@@ -45,7 +46,8 @@ class NCAConfig(ObjectiveConfig):
     # Drop the batch's own old vectors from the bank (see NCA.loss); like μ > 0, it needs the old
     # features of the same inputs (reference_dims).
     exclude_own: bool = True
-    adapter: str = "orthogonal"  # the backward map B, embed_dim -> old_dim
+    # the backward map B, embed_dim -> old_dim; a λ-orth one starts at the rectangular identity
+    adapter: str = "orthogonal"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +103,8 @@ class NCA(Objective):
         loss = loss + c.weight * neighbourhood_loss(bridged, bank, same, c.tau)
         if c.mse > 0:  # unit rows on both sides: ‖a − b‖² = 2 − 2 cos
             loss = loss + c.mse * squared_distance(bridged, refs[0])
+        if isinstance(self.adapter, LambdaOrthogonalAdapter):  # a λ-orth B keeps its gated penalty
+            loss = loss + self.adapter.penalty()
         return loss
 
 

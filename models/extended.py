@@ -1,11 +1,13 @@
 """``extended``: a new version that keeps its predecessor whole, frozen, beside extra dimensions.
 
-v_new(x) = [normalize(v_old(x)), normalize(extra(x))] (d_old + d_extra): the predecessor's own
+v_new(x) = [normalize(v_old(x)), normalize(extra(x))] / √2 (d_old + d_extra): the predecessor's own
 vectors come first, so reading the first d_old dimensions of a new vector gives back the old
 model's embedding exactly, and a later version still encodes everything the earlier one separated,
 classes it never saw included (BT²'s extra dimensions without its influence term; the protocol's
 ``extend+posthoc`` chain, docs/results/compat.md). Each block is unit-normalized: raw extra
-dimensions would otherwise outweigh the predecessor's in the version's cosine.
+dimensions would otherwise outweigh the predecessor's in the version's cosine. The whole row is
+then unit, as serving stores it, so a map trained jointly on these features (the protocol's
+``nca_extended`` bridge, affine) serves on the stored vectors unchanged.
 
 The config nests both parts as ``(key, config)``, so a checkpoint is self-contained and a chain of
 extensions (v3 extends v2 extends v1) nests further; the predecessor's weights are saved with it.
@@ -85,4 +87,4 @@ class ExtendedEncoder(Encoder):
     def forward(self, x: Tensor) -> Tensor:  # (N, ...) -> (N, d_previous + d_extra)
         with torch.no_grad():
             kept = F.normalize(self.previous(x), dim=1)
-        return torch.cat([kept, F.normalize(self.extra(x), dim=1)], dim=1)
+        return torch.cat([kept, F.normalize(self.extra(x), dim=1)], dim=1) * 0.5**0.5

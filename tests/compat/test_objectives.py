@@ -341,6 +341,29 @@ def test_nca_term_is_neighbourhood_loss_over_the_bank_without_the_batch_own_vect
         assert float(included.loss(features, y)) != pytest.approx(float(kept), rel=1e-3)
 
 
+def test_a_lambda_orthogonal_nca_bridge_starts_at_the_block_and_keeps_its_penalty(
+    problem,
+) -> None:
+    """adapter="lambda_orthogonal": B starts as the rectangular identity (it reads the first
+    old_dim dims, the kept old block of an extended encoder) and the loss adds its gated penalty."""
+    x, y, old = problem
+    bank, labels = _bank(old)
+    objective = _nca(bank, labels, adapter="lambda_orthogonal")
+    features = torch.randn(5, NEW_DIM)
+    torch.testing.assert_close(objective.adapter(features), features[:, :OLD_DIM])
+    with torch.no_grad():
+        inputs = WithReferences(_mlp(NEW_DIM, 3), [old])(x)
+        objective.adapter.linear.weight.mul_(3.0)  # far from orthogonal: the gate opens
+        penalty = float(objective.adapter.penalty())
+        assert penalty > 1.0
+        plain = _nca(bank, labels, adapter="lambda_orthogonal")
+        plain.adapter.linear.weight.mul_(3.0)
+        plain.adapter.penalty = lambda: torch.zeros(())  # type: ignore[method-assign]
+        assert float(objective.loss(inputs, y)) == pytest.approx(
+            float(plain.loss(inputs, y)) + penalty, rel=1e-5
+        )
+
+
 def test_nca_needs_old_features_only_for_mse_or_exclusion(problem) -> None:
     _, _, old = problem
     bank, labels = _bank(old)

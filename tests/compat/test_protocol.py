@@ -287,6 +287,30 @@ def test_the_extended_row_keeps_the_old_model_inside_the_new_one() -> None:
     assert ProtocolConfig(methods=("independent", EXTENDED)).methods == ("independent", EXTENDED)
 
 
+def test_the_nca_extended_row_trains_beside_the_kept_old_model_and_bridges_through_b() -> None:
+    """``nca_extended``: the old model frozen inside the new one; its bridge is nca's jointly
+    trained B (a λ-orth map, served as one projection), a training-time row seeded last."""
+    from compat.protocol import METHODS, NCA_EXTENDED, TRAINING_TIME, _prepare, method_rows
+    from models.encoders import embed
+
+    assert METHODS[-1] == NCA_EXTENDED and NCA_EXTENDED in TRAINING_TIME
+    run = _prepare(ProtocolConfig.quick(), 0)
+    before = [p.clone() for p in run.old.parameters()]
+    cells = method_rows(run, NCA_EXTENDED, lambda message: None)[NCA_EXTENDED]
+    assert all(torch.equal(a, b) for a, b in zip(before, run.old.parameters(), strict=True))
+    encoder, objective = run.trained[NCA_EXTENDED]
+    c = run.config
+    new = embed(encoder, run.x_test)
+    assert new.shape[1] == c.new_dim + c.extra_dims
+    assert torch.allclose(new[:, : c.old_dim] * 2**0.5, run.old_test, atol=1e-5)
+    bridge = objective.bridge_module()
+    assert bridge.key == "lambda_orthogonal" and bridge.serving_form() is not None
+    bridged, _ = run.spaces[NCA_EXTENDED]
+    torch.testing.assert_close(bridged, bridge.transform(new), atol=1e-5, rtol=1e-4)
+    assert cells["new/old"] == self_retrieval_metrics(bridged, run.old_test, run.y_test)
+    assert "kept old block" in cells["bridge"]
+
+
 def test_a_posthoc_chain_trains_its_base_method_and_bridges_each_pair_directly() -> None:
     """``bct+posthoc`` versions are ``bct``'s (same diagonal); its cross cells use direct adapters."""
     from compat.chain import CHAIN_ADAPTERS, chain_matrix

@@ -21,6 +21,9 @@ def test_the_predecessors_vectors_are_the_first_block() -> None:
     vectors = embed(new, x)  # (31, 13), each half-block of norm 1/√2
     assert new.embed_dim == 13 and vectors.shape == (31, 13)
     torch.testing.assert_close(vectors[:, :8] * 2**0.5, embed(old, x), rtol=1e-5, atol=1e-5)
+    # unnormalized, too: a jointly trained affine bridge sees what serving stores
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), vectors, rtol=1e-5, atol=1e-6)
 
 
 def test_training_moves_only_the_extra_dimensions() -> None:
