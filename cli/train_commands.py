@@ -38,7 +38,9 @@ def train(
             help="Compatibility method (with --old): bct, ract or nca train a new encoder with a "
             "backward adapter; extend keeps --old's encoder whole, frozen, and trains the "
             "encoder you configure as extra dimensions beside it (its embed_dim is the extra "
-            "width), bridged by a step chosen on held-out training inputs.",
+            "width), bridged by a step chosen on held-out training inputs; nca_extended trains "
+            "those extra dimensions under nca with a jointly trained λ-orth bridge instead (one "
+            "projection at query time; slower: NCA compares every batch with all training inputs).",
         ),
     ] = "bct",
     dataset: Annotated[

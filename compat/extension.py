@@ -1,16 +1,23 @@
-"""Bridging a version that extends its predecessor (models/extended.py): fit B, choose the step.
+"""Bridging a version that extends its predecessor (models/extended.py), after or while training.
 
-See compat/step_adapter.py for the bridge itself; here its α is chosen on held-out pairs.
+After: a ``block_step`` (compat/step_adapter.py) whose α is chosen on held-out pairs. While:
+``nca_extended``, nca's objective with a λ-orth B that starts as the identity, i.e. reads the kept
+old block, and is trained with the extra dimensions; one affine map, so it serves as a projection.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from compat.fitting import FitOptions, fit_adapter, split_rows
 from compat.metrics import self_retrieval_metrics
+from compat.nca_objective import NCA, NCAConfig, nca_against
 from compat.step_adapter import BlockStepAdapter
+from kernels.errors import InvalidInputError
+from models.extended import ExtendedEncoder
+
+NCA_EXTENDED = "nca_extended"
 
 # From the block alone (0) to the label-aware map (1); the protocol's chains chose 0.3-0.7, its
 # extend+posthoc row 0.7-1 (docs/results/compat.md, stop 22)
@@ -54,3 +61,27 @@ def fit_block_step(
         return round(m["top1"], 6), round(m["ap"], 6), -step
 
     return fitted(torch.arange(len(source)), max(STEPS, key=score))
+
+
+def extended_nca(
+    encoder: nn.Module, old: nn.Module, x: Tensor, y: Tensor, classes: int
+) -> tuple[NCA, list[nn.Module]]:
+    """``nca_extended``'s objective for ``encoder``, an :class:`ExtendedEncoder` around ``old``,
+    and the reference models its loss needs (x (N, ...) training inputs, y (N,) their classes)."""
+    extended = extension_of(encoder, old, NCA_EXTENDED)
+    config = NCAConfig(
+        classes=classes,
+        embed_dim=extended.embed_dim,
+        old_dim=extended.previous.embed_dim,
+        adapter="lambda_orthogonal",  # starts as the rectangular identity: B reads the old block
+    )
+    return nca_against(old, x, y, config)
+
+
+def extension_of(encoder: nn.Module, old: nn.Module, method: str) -> ExtendedEncoder:
+    """``encoder`` if it is an :class:`ExtendedEncoder` around ``old``; ``method`` trains no other."""
+    if not (isinstance(encoder, ExtendedEncoder) and encoder.previous is old):
+        raise InvalidInputError(
+            f"method {method!r} trains an ExtendedEncoder around the old encoder"
+        )
+    return encoder

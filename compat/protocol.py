@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from compat.adapters import Adapter
 from compat.chain import CHAIN_METHODS
-from compat.extension import fit_block_step
+from compat.extension import NCA_EXTENDED, extended_nca, fit_block_step
 from compat.fitting import FitOptions, Selection, fit_adapter, select_adapter, split_rows
 from compat.metrics import (
     cosine_scores,
@@ -88,8 +88,7 @@ REFINABLE = ("bct", "bt2", "oca", "ract", "nca")  # the "+posthoc" rows
 REFINE_ADAPTERS = ("procrustes", "affine", "lambda_orthogonal", "lambda_orthogonal_nca")
 # the old model kept whole beside trained dims, bridged by a held-out step (models/extended.py)
 EXTENDED = "extend+posthoc"
-# nca's objective on that extended encoder: its λ-orth bridge starts at the kept old block
-NCA_EXTENDED = "nca_extended"
+# and NCA_EXTENDED (compat/extension.py): nca's objective on that extended encoder, trained jointly.
 # METHODS.index seeds each method: a row added later goes last, so the earlier rows keep their seeds
 METHODS = (*TRAINED, "posthoc", *(f"{m}+posthoc" for m in REFINABLE), EXTENDED, NCA_EXTENDED)
 # the trained rows that are compatibility methods (the independent models are the baseline)
@@ -293,13 +292,9 @@ def _train_method(run: Run, method: str) -> tuple[nn.Module, Objective]:
         objective, refs = nca_against(run.old, run.x, run.y, config_nca)
         return fit(mlp(wide, layer), objective, run.x, run.y, seed, c.epochs, refs)
     if name == NCA_EXTENDED:  # the old model whole and frozen, as extend+posthoc's, under nca
-        wide = width + c.extra_dims
-        encoder = ExtendedEncoder.around(cast(Encoder, run.old), mlp(wide - c.old_dim, layer))
-        # lambda_orthogonal starts as the rectangular identity: at first B reads the old block
-        config_nca = NCAConfig(
-            classes=classes, embed_dim=wide, old_dim=c.old_dim, adapter="lambda_orthogonal"
-        )
-        objective, refs = nca_against(run.old, run.x, run.y, config_nca)
+        extra = mlp(width + c.extra_dims - c.old_dim, layer)
+        encoder = ExtendedEncoder.around(cast(Encoder, run.old), extra)
+        objective, refs = extended_nca(encoder, run.old, run.x, run.y, classes)
         return fit(encoder, objective, run.x, run.y, seed, c.epochs, refs)
     raise ValueError(f"not a training-time method: {method}")  # guarded by ProtocolConfig
 

@@ -3,8 +3,9 @@
 The old version's encoder comes from the catalog; the new encoder is any registered encoder built
 from its key + config; the method is a registered training-time objective whose bridge is a
 registered adapter (BCT's and RACT's backward adapter), or ``extend``: the old encoder kept whole
-inside the new one beside trained extra dimensions, bridged by a ``block_step``. The new version,
-its backward adapter (with the protocol cells as its metrics) and its embedding space are recorded
+inside the new one beside trained extra dimensions, bridged by a ``block_step``, or
+``nca_extended``: that encoder trained under nca with a jointly trained λ-orth bridge. The new
+version, its backward adapter (with the protocol cells as its metrics) and its embedding space are recorded
 in one transaction, after training and evaluation, so a bad input or a failed run changes nothing
 in the catalog.
 """
@@ -25,7 +26,7 @@ from sqlalchemy import select
 from torch import Tensor, nn
 
 from compat.adapters import Adapter
-from compat.extension import fit_block_step
+from compat.extension import NCA_EXTENDED, extended_nca, extension_of, fit_block_step
 from compat.metrics import compatible, self_retrieval_metrics
 from compat.nca_objective import NCAConfig, nca_against
 from compat.objectives import (
@@ -56,8 +57,9 @@ Report = Callable[[str, int, int], None]  # (task, done, total): progress for th
 # what the catalog can serve today; ``extend`` keeps the old encoder whole inside the new one
 # (models/extended.py) and bridges by a held-out step (compat/extension.py). BT²/OCA/d-Simplex
 # embed through an extra module (see compat.objectives), which a model version cannot hold yet.
-UPGRADE_METHODS = ("bct", "ract", "nca", "extend")
+UPGRADE_METHODS = ("bct", "ract", "nca", "extend", NCA_EXTENDED)
 EXTEND = "extend"
+EXTENDING = (EXTEND, NCA_EXTENDED)  # the configured encoder gives the extra dimensions
 # extend's bridge is fitted on at most this many training inputs (a seeded sample): its NCA term
 # compares every pair with every other, so time grows with the square of the pairs. On all 60,000
 # Fashion-MNIST training rows the fit had not finished after 32 min; with 10,000 the whole
@@ -109,8 +111,8 @@ class UpgradeConfig(Config):
         if self.old is None:
             object.__setattr__(self, "method", "classification")  # nothing to be compatible with
             return
-        if self.method not in OBJECTIVES and self.method != EXTEND:
-            methods = [*OBJECTIVES.keys(), EXTEND]
+        if self.method not in OBJECTIVES and self.method not in EXTENDING:
+            methods = [*OBJECTIVES.keys(), *EXTENDING]
             raise NotFoundError(
                 f"unknown method {self.method!r}", fix=did_you_mean(self.method, methods)
             )
@@ -179,13 +181,14 @@ def fit_compatible(
     """Train ``encoder`` (x (N, D) -> (N, d_new)) compatibly with the frozen ``old`` (-> d_old).
 
     Returns the backward adapter (d_new -> d_old) that sends new queries into the old space.
-    With ``extend``, ``encoder`` must be an :class:`ExtendedEncoder` around ``old``.
+    With ``extend`` or ``nca_extended``, ``encoder`` must be an :class:`ExtendedEncoder` around
+    ``old``.
     """
     if method == EXTEND:
         return _fit_extension(encoder, old, x, y, classes, config, progress)
     old_dim = int(embed(old, x[:1]).shape[1])
     objective: Objective
-    model: nn.Module = encoder
+    references: list[nn.Module] = []  # frozen models whose features the loss reads
     if method == "bct":
         rows = old_prototypes(
             embed(old, x), y, classes, mode=prototypes, old_classifier=old_classifier
@@ -198,13 +201,15 @@ def fit_compatible(
             f"RACT with equal widths ({old_dim}) needs no adapter; pick another embed_dim",
         )
         ract_config = RACTConfig(classes=classes, embed_dim=encoder.embed_dim, old_dim=old_dim)
-        objective, model = RACT(ract_config), WithReferences(encoder, [old])
+        objective, references = RACT(ract_config), [old]
     elif method == "nca":  # NCA over the old model's features of every training input
         nca_config = NCAConfig(classes=classes, embed_dim=encoder.embed_dim, old_dim=old_dim)
         objective, references = nca_against(old, x, y, nca_config)
-        model = WithReferences(encoder, references) if references else encoder
+    elif method == NCA_EXTENDED:  # as nca, B starting at the kept old block (compat/extension.py)
+        objective, references = extended_nca(encoder, old, x, y, classes)
     else:
         raise InvalidInputError(f"method {method!r} is not one of {UPGRADE_METHODS}")
+    model = WithReferences(encoder, references) if references else encoder
     train(model, objective, x, y, config, progress)
     bridge = objective.bridge_module()
     assert isinstance(bridge, Adapter)  # every method above trains one; a bug otherwise
@@ -222,8 +227,7 @@ def _fit_extension(
 ) -> Adapter:
     """Train the extra dimensions beside the frozen ``old`` (plain classification: the old block
     already keeps the old space), then fit its ``block_step`` bridge on the training inputs."""
-    if not (isinstance(encoder, ExtendedEncoder) and encoder.previous is old):
-        raise InvalidInputError("method 'extend' trains an ExtendedEncoder around the old encoder")
+    extension_of(encoder, old, EXTEND)
     objective = Classification(ObjectiveConfig(classes=classes, embed_dim=encoder.embed_dim))
     train(encoder, objective, x, y, config, progress)
     generator = torch.Generator().manual_seed(config.seed)
@@ -256,7 +260,7 @@ def train_upgrade(
             adapter = None
         else:
             _check_widths(old, x, data)
-            if config.method == EXTEND:  # the configured encoder gives the extra dimensions
+            if config.method in EXTENDING:
                 encoder = ExtendedEncoder.around(old, encoder)
             adapter = fit_compatible(
                 encoder,

@@ -110,6 +110,29 @@ def test_an_extended_upgrade_keeps_the_old_model_and_is_served(trained) -> None:
     assert json.loads(again.stdout)["dim"] == 48 + 64  # the mlp encoder's default embed_dim
 
 
+def test_an_nca_extended_upgrade_serves_its_jointly_trained_projection(trained) -> None:
+    """--method nca_extended: v1 kept whole inside v8; the bridge is a λ-orth map trained with the
+    extra dims, registered as one projection that reproduces the reported cell."""
+    data = trained[0]
+    common = ("--dir", str(data), "--quick", "--json", "--dataset", "fashion-mnist")
+    extra = '{"hidden_dims": [64], "embed_dim": 16}'
+    result = hotswap(
+        "train", "--old", "v1", "--new", "v8", "--method", "nca_extended",
+        "--encoder-config", extra, *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["method"], out["adapter"], out["dim"]) == ("nca_extended", "v8-to-v1", 48)
+    assert _served_new_old_cell(data, "v8") == pytest.approx(out["cells"]["new/old"], abs=1e-6)
+    ctx = open_context(data)
+    with ctx.transaction() as session:
+        v1, v8 = (versions.get_version(session, n) for n in ("v1", "v8"))
+        new = versions.load_version_encoder(ctx, v8)
+        adapter = versions.query_adapter(ctx, session, v8, v1)
+    assert new.key == "extended" and adapter.key == "lambda_orthogonal"
+    assert adapter.serving_form() is not None
+
+
 def test_models_show(trained) -> None:
     data, _, second = trained
     shown = json.loads(hotswap("models", "show", "v2", "--dir", str(data), "--json").stdout)
@@ -132,6 +155,7 @@ def test_models_show(trained) -> None:
         (("--old", "v1", "--new", "v3", "--method", "bcx"), NotFoundError, "did you mean"),
         (("--old", "v9", "--new", "v3"), NotFoundError, "unknown model version 'v9'"),
         (("--old", "v1", "--new", "v3", "--method", "extnd"), NotFoundError, "'extend'"),
+        (("--old", "v1", "--new", "v3", "--method", "nca_extnd"), NotFoundError, "'nca_extended'"),
         (("--old", "v1", "--new", "v2"), ConflictError, "'v2' already exists"),
         (("--new", "v3", "--encoder-config", "{oops"), InvalidInputError, "encoder config"),
         (("--new", "v3", "--encoder-config", '{"depth": 3}'), InvalidInputError, "no field"),

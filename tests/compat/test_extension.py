@@ -88,3 +88,21 @@ def test_the_chosen_step_is_the_best_on_held_out_pairs(extended_pair) -> None:
     }  # fmt: skip
     assert bridge.config.step in extension.STEPS
     assert top1[bridge.config.step] == max(top1.values())
+
+
+def test_nca_extended_needs_an_extension_of_the_old_encoder() -> None:
+    """Its B reads the first old_dim dims as the old block: only true of an ExtendedEncoder
+    around that very old encoder, so anything else is refused before training."""
+    from compat.protocol import mlp
+    from models.extended import ExtendedEncoder
+
+    old, other = mlp(8), mlp(8)
+    x, y = torch.randn(20, 784), torch.arange(20) % 4
+    objective, references = extension.extended_nca(
+        ExtendedEncoder.around(old, mlp(6)), old, x, y, 4
+    )
+    assert objective.adapter.key == "lambda_orthogonal" and references == [old]
+    assert (objective.adapter.dim_in, objective.adapter.dim_out) == (14, 8)
+    for encoder in (mlp(14), ExtendedEncoder.around(other, mlp(6))):
+        with pytest.raises(InvalidInputError, match="'nca_extended' trains an ExtendedEncoder"):
+            extension.extended_nca(encoder, old, x, y, 4)
