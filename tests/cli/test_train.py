@@ -194,3 +194,14 @@ def test_users_own_arrays(tmp_path) -> None:
     assert isinstance(fashion.exception, InvalidInputError) and "width 784" in str(
         fashion.exception
     )
+
+
+def test_nca_banks_are_a_seeded_sample_of_at_most_nca_rows() -> None:
+    """NCA's cost grows with its bank: at most NCA_ROWS distinct training rows, the same per seed."""
+    from index.train import NCA_ROWS, _nca_rows
+
+    rows = _nca_rows(NCA_ROWS * 3, seed=4)
+    assert len(rows) == NCA_ROWS == len(set(rows.tolist())) and int(rows.max()) < NCA_ROWS * 3
+    assert torch.equal(rows, _nca_rows(NCA_ROWS * 3, seed=4))
+    assert not torch.equal(rows, _nca_rows(NCA_ROWS * 3, seed=5))
+    assert sorted(_nca_rows(50, seed=4).tolist()) == list(range(50))  # fewer: every row
