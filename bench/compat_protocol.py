@@ -42,7 +42,9 @@ choice (held-out paired recall@10), `posthoc:selected` and `<method>+posthoc` ar
 held-out training images by class top-1. `extend+posthoc`: the old model kept whole, frozen, beside
 96 dims trained on all 10 classes (160 in all, models/extended.py), queries bridged by a
 `block_step` (the kept block stepped towards λ-orth NCA, the step chosen on held-out training
-images; compat/extension.py): what `hotswap train --method extend` registers. Chains
+images; compat/extension.py): what `hotswap train --method extend` registers. `nca_extended`: the
+same encoder trained under `nca` (no post-hoc fit), its jointly trained λ-orth bridge started at the
+kept block; what `hotswap train --method nca_extended` registers. Chains
 (compat/chain.py): classes 0-3 → 0-6 → 0-9, widths 64 → 96 → 128, one adapter per pair.
 Backfilling (compat/protocol_backfill.py): first 2,000 test images, 11 points, top-1; bridged
 scores calibrated per backfill fraction on the migrated items, as serving does per migration
