@@ -1,6 +1,7 @@
 """hotswap train: a first version, a compatible upgrade, both registered; bad input changes nothing."""
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,28 +84,36 @@ def test_nca_upgrade_is_registered_and_served(trained) -> None:
     assert _served_new_old_cell(data, "v5") == pytest.approx(out["cells"]["new/old"], abs=1e-6)
 
 
-def test_an_extended_upgrade_keeps_the_old_model_and_is_served(trained) -> None:
-    """--method extend: v1 kept whole inside v6 beside 16 trained dims, a block_step bridge."""
-    data, first, _ = trained
+def _extension(data, new: str, method: str) -> tuple[Any, Any, Any]:
+    """Train ``new`` as v1 kept whole beside 16 trained dims by ``method``; check the catalog's
+    artifacts reproduce the reported new/old cell. Returns (v1's encoder, new's, the adapter)."""
     common = ("--dir", str(data), "--quick", "--json", "--dataset", "fashion-mnist")
     extra = '{"hidden_dims": [64], "embed_dim": 16}'
     result = hotswap(
-        "train", "--old", "v1", "--new", "v6", "--method", "extend", "--encoder-config", extra,
+        "train", "--old", "v1", "--new", new, "--method", method, "--encoder-config", extra,
         *common,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert (out["method"], out["adapter"], out["dim"]) == ("extend", "v6-to-v1", 48)
-    assert _served_new_old_cell(data, "v6") == pytest.approx(out["cells"]["new/old"], abs=1e-6)
+    assert (out["method"], out["adapter"], out["dim"]) == (method, f"{new}-to-v1", 48)
+    assert _served_new_old_cell(data, new) == pytest.approx(out["cells"]["new/old"], abs=1e-6)
     ctx = open_context(data)
     with ctx.transaction() as session:
-        v1, v6 = (versions.get_version(session, n) for n in ("v1", "v6"))
-        old, new = versions.load_version_encoder(ctx, v1), versions.load_version_encoder(ctx, v6)
-        adapter = versions.query_adapter(ctx, session, v6, v1)
+        v1, version = (versions.get_version(session, n) for n in ("v1", new))
+        old = versions.load_version_encoder(ctx, v1)
+        encoder = versions.load_version_encoder(ctx, version)
+        return old, encoder, versions.query_adapter(ctx, session, version, v1)
+
+
+def test_an_extended_upgrade_keeps_the_old_model_and_is_served(trained) -> None:
+    """--method extend: v1 kept whole inside v6 beside 16 trained dims, a block_step bridge."""
+    data = trained[0]
+    old, new, adapter = _extension(data, "v6", "extend")
     assert new.key == "extended" and adapter.key == "block_step"
     x = torch.from_numpy(load_dataset("fashion-mnist").test_x[:50])
     torch.testing.assert_close(embed(new, x)[:, :32] * 2**0.5, embed(old, x), atol=1e-5, rtol=0)
     # an extension extends in turn: v7 keeps v6 (and so v1) whole
+    common = ("--dir", str(data), "--quick", "--json", "--dataset", "fashion-mnist")
     again = hotswap("train", "--old", "v6", "--new", "v7", "--method", "extend", *common)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["dim"] == 48 + 64  # the mlp encoder's default embed_dim
@@ -112,23 +121,8 @@ def test_an_extended_upgrade_keeps_the_old_model_and_is_served(trained) -> None:
 
 def test_an_nca_extended_upgrade_serves_its_jointly_trained_projection(trained) -> None:
     """--method nca_extended: v1 kept whole inside v8; the bridge is a λ-orth map trained with the
-    extra dims, registered as one projection that reproduces the reported cell."""
-    data = trained[0]
-    common = ("--dir", str(data), "--quick", "--json", "--dataset", "fashion-mnist")
-    extra = '{"hidden_dims": [64], "embed_dim": 16}'
-    result = hotswap(
-        "train", "--old", "v1", "--new", "v8", "--method", "nca_extended",
-        "--encoder-config", extra, *common,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout)
-    assert (out["method"], out["adapter"], out["dim"]) == ("nca_extended", "v8-to-v1", 48)
-    assert _served_new_old_cell(data, "v8") == pytest.approx(out["cells"]["new/old"], abs=1e-6)
-    ctx = open_context(data)
-    with ctx.transaction() as session:
-        v1, v8 = (versions.get_version(session, n) for n in ("v1", "v8"))
-        new = versions.load_version_encoder(ctx, v8)
-        adapter = versions.query_adapter(ctx, session, v8, v1)
+    extra dims, registered as one projection."""
+    _, new, adapter = _extension(trained[0], "v8", "nca_extended")
     assert new.key == "extended" and adapter.key == "lambda_orthogonal"
     assert adapter.serving_form() is not None
 
