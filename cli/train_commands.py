@@ -40,7 +40,8 @@ def train(
             "encoder you configure as extra dimensions beside it (its embed_dim is the extra "
             "width), bridged by a step chosen on held-out training inputs; nca_extended trains "
             "those extra dimensions under nca with a jointly trained λ-orth bridge instead (one "
-            "projection at query time; slower: NCA compares every batch with all training inputs).",
+            "projection at query time; slower: NCA compares every batch with up to 10,000 old "
+            "training vectors).",
         ),
     ] = "bct",
     dataset: Annotated[

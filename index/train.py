@@ -5,9 +5,9 @@ from its key + config; the method is a registered training-time objective whose 
 registered adapter (BCT's and RACT's backward adapter), or ``extend``: the old encoder kept whole
 inside the new one beside trained extra dimensions, bridged by a ``block_step``, or
 ``nca_extended``: that encoder trained under nca with a jointly trained λ-orth bridge. The new
-version, its backward adapter (with the protocol cells as its metrics) and its embedding space are recorded
-in one transaction, after training and evaluation, so a bad input or a failed run changes nothing
-in the catalog.
+version, its backward adapter (with the protocol cells as its metrics) and its embedding space are
+recorded in one transaction, after training and evaluation, so a bad input or a failed run changes
+nothing in the catalog.
 """
 
 from __future__ import annotations
@@ -55,17 +55,17 @@ from models.vector_files import load_labels, load_vectors
 Report = Callable[[str, int, int], None]  # (task, done, total): progress for the CLI to draw
 # Objectives whose new space is the encoder's own output and whose bridge is a registered adapter:
 # what the catalog can serve today; ``extend`` keeps the old encoder whole inside the new one
-# (models/extended.py) and bridges by a held-out step (compat/extension.py). BT²/OCA/d-Simplex
-# embed through an extra module (see compat.objectives), which a model version cannot hold yet.
+# (models/extended.py) and bridges by a held-out step, ``nca_extended`` trains that encoder with
+# its bridge (compat/extension.py). BT²/OCA/d-Simplex embed through an extra module (see
+# compat.objectives), which a model version cannot hold yet.
 UPGRADE_METHODS = ("bct", "ract", "nca", "extend", NCA_EXTENDED)
 EXTEND = "extend"
 EXTENDING = (EXTEND, NCA_EXTENDED)  # the configured encoder gives the extra dimensions
 # NCA terms compare each item with a bank of old training vectors, so their time grows with its
 # size: extend's bridge is fitted on at most this many training inputs and nca's objectives hold at
 # most this many in their bank (seeded samples). On all 60,000 Fashion-MNIST training rows extend's
-# fit had not finished after 32 min and nca took 1,859 s; with 10,000 extend's whole upgrade took
-# 99 s, and the protocol's bridges and banks, 10,000 images, reach gain 1.06 (docs/results/compat.md,
-# stop 22)
+# fit had not finished after 32 min and nca took 1,859 s; with 10,000, 99 s and 227 s, nca's cells
+# unchanged within their noise (docs/results/compat.md, stops 22 and 23)
 NCA_ROWS = 10_000
 
 
