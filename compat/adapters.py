@@ -142,6 +142,11 @@ class Adapter(nn.Module):
     def prepare_labels(self, y: Tensor, labels: Tensor) -> None:
         """See every training target (N, dim_out) and its class (N,) once; default: nothing."""
 
+    def penalty(self) -> Tensor | None:
+        """A term that keeps this map's form, added to any loss that trains it (post-hoc or jointly
+        with an encoder, :func:`with_penalty`); None: the map has none (default)."""
+        return None
+
     def training_loss(self, x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
         """Mean squared L2 distance between mapped sources and targets: (N, dim_in), (N, dim_out)."""
         return squared_distance(self(x), y)
@@ -167,6 +172,12 @@ class Adapter(nn.Module):
                 f"adapter {self.key!r} maps {self.dim_in}->{self.dim_out} dims, the spaces need "
                 f"{dim_in}->{dim_out}"
             )
+
+
+def with_penalty(loss: Tensor, adapter: Adapter | None) -> Tensor:
+    """``loss`` plus the jointly trained ``adapter``'s own :meth:`Adapter.penalty`, if it has one."""
+    penalty = None if adapter is None else adapter.penalty()
+    return loss if penalty is None else loss + penalty
 
 
 def squared_distance(a: Tensor, b: Tensor) -> Tensor:

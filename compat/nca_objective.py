@@ -22,9 +22,14 @@ import dataclasses
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compat.adapters import Adapter, AdapterConfig, build_adapter, squared_distance
+from compat.adapters import (
+    Adapter,
+    AdapterConfig,
+    build_adapter,
+    squared_distance,
+    with_penalty,
+)
 from compat.label_terms import neighbourhood_loss
-from compat.linear_adapters import LambdaOrthogonalAdapter
 from compat.objectives import OBJECTIVES, CosineClassifier, Objective, ObjectiveConfig
 from kernels.errors import InvalidInputError
 from models.config import check
@@ -103,9 +108,7 @@ class NCA(Objective):
         loss = loss + c.weight * neighbourhood_loss(bridged, bank, same, c.tau)
         if c.mse > 0:  # unit rows on both sides: ‖a − b‖² = 2 − 2 cos
             loss = loss + c.mse * squared_distance(bridged, refs[0])
-        if isinstance(self.adapter, LambdaOrthogonalAdapter):  # a λ-orth B keeps its gated penalty
-            loss = loss + self.adapter.penalty()
-        return loss
+        return with_penalty(loss, self.adapter)  # a λ-orth B keeps its gated penalty
 
 
 def _check_bank(config: NCAConfig, bank: Tensor, labels: Tensor) -> None:

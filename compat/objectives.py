@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compat.adapters import Adapter, AdapterConfig, build_adapter
+from compat.adapters import Adapter, AdapterConfig, build_adapter, with_penalty
 from kernels.errors import InvalidInputError
 from models.config import Config, check
 from models.registry import Registry
@@ -190,7 +190,8 @@ class BCT(Objective):
         bridged = F.normalize(self.adapter(features), dim=1)
         old_logits = self.config.scale * bridged @ self.prototypes.T
         influence = self._ce(old_logits, labels, smoothing)
-        return self._ce(self.head(features), labels, smoothing) + self.config.weight * influence
+        loss = self._ce(self.head(features), labels, smoothing) + self.config.weight * influence
+        return with_penalty(loss, self.adapter)
 
     def bridge_module(self) -> nn.Module:
         return self.adapter

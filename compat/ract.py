@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compat.adapters import Adapter, AdapterConfig, build_adapter
+from compat.adapters import Adapter, AdapterConfig, build_adapter, with_penalty
 from compat.objectives import OBJECTIVES, CosineClassifier, Objective, ObjectiveConfig
 from models.config import check
 
@@ -70,4 +70,5 @@ class RACT(Objective):
         own, (old,) = self.split(features)
         bridged = own if self.adapter is None else self.adapter(own)
         contrast = ract_infonce(F.normalize(bridged, dim=1), old, labels, c.tau)
-        return self._ce(self.head(own), labels, c.label_smoothing) + c.weight * contrast
+        loss = self._ce(self.head(own), labels, c.label_smoothing) + c.weight * contrast
+        return with_penalty(loss, self.adapter)

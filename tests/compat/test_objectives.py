@@ -194,6 +194,26 @@ def test_bct_bridge_is_its_adapter() -> None:
     assert objective.adapter.dim_in == NEW_DIM and objective.adapter.dim_out == OLD_DIM
 
 
+@pytest.mark.parametrize("adapter", ["orthogonal", "lambda_orthogonal"])
+def test_a_jointly_trained_adapter_adds_its_own_penalty_to_bct(adapter: str) -> None:
+    """BCT's loss carries its adapter's Adapter.penalty (λ-orth's gated ‖WWᵀ − I‖), none for an
+    orthogonal map, as NCA's and RACT's do (compat.adapters.with_penalty)."""
+    torch.manual_seed(3)
+    config = BCTConfig(classes=CLASSES, embed_dim=NEW_DIM, old_dim=OLD_DIM, adapter=adapter)
+    objective = BCT(config, torch.randn(CLASSES, OLD_DIM))
+    features, labels = torch.randn(16, NEW_DIM), torch.arange(16) % CLASSES
+    with torch.no_grad():
+        if adapter == "lambda_orthogonal":
+            objective.adapter.linear.weight.mul_(3.0)  # far from orthogonal: the gate opens
+        penalty = objective.adapter.penalty()
+        total = float(objective.loss(features, labels))
+        objective.adapter.penalty = lambda: None  # type: ignore[method-assign]
+        plain = float(objective.loss(features, labels))
+    assert (penalty is None) == (adapter == "orthogonal")
+    assert total == pytest.approx(plain + (0.0 if penalty is None else float(penalty)), rel=1e-6)
+    assert penalty is None or float(penalty) > 1.0
+
+
 def test_ract_infonce_matches_brute_force() -> None:
     g = torch.Generator().manual_seed(5)
     new = F.normalize(torch.randn(7, 3, generator=g, dtype=torch.float64), dim=1)
