@@ -291,12 +291,19 @@ def _train_method(run: Run, method: str) -> tuple[nn.Module, Objective]:
         config_nca = NCAConfig(classes=classes, embed_dim=wide, old_dim=c.old_dim)
         objective, refs = nca_against(run.old, run.x, run.y, config_nca)
         return fit(mlp(wide, layer), objective, run.x, run.y, seed, c.epochs, refs)
-    if name == NCA_EXTENDED:  # the old model whole and frozen, as extend+posthoc's, under nca
-        extra = mlp(width + c.extra_dims - c.old_dim, layer)
-        encoder = ExtendedEncoder.around(cast(Encoder, run.old), extra)
+    if name == NCA_EXTENDED:  # extend+posthoc's encoder, trained under nca
+        encoder = _extension_of_old(run, layer)
         objective, refs = extended_nca(encoder, run.old, run.x, run.y, classes)
         return fit(encoder, objective, run.x, run.y, seed, c.epochs, refs)
     raise ValueError(f"not a training-time method: {method}")  # guarded by ProtocolConfig
+
+
+def _extension_of_old(run: Run, layer: str = "dense") -> ExtendedEncoder:
+    """The run's old model kept whole and frozen beside new_dim + extra_dims − old_dim untrained
+    dims, for a width of new_dim + extra_dims (nca's and BT²'s)."""
+    c = run.config
+    extra = mlp(c.new_dim + c.extra_dims - c.old_dim, layer)
+    return ExtendedEncoder.around(cast(Encoder, run.old), extra)
 
 
 def _extended(run: Run) -> Cells:
@@ -305,9 +312,8 @@ def _extended(run: Run) -> Cells:
     ``block_step`` whose step is chosen on held-out training images (compat/extension.py)."""
     c = run.config
     torch.manual_seed(run.seed * 1000 + METHODS.index(EXTENDED))
-    width = c.new_dim + c.extra_dims
-    encoder = ExtendedEncoder.around(cast(Encoder, run.old), mlp(width - c.old_dim))
-    objective = Classification(ObjectiveConfig(classes=10, embed_dim=width))
+    encoder = _extension_of_old(run)
+    objective = Classification(ObjectiveConfig(classes=10, embed_dim=encoder.embed_dim))
     # kept like every trained row's model: a backfill bridge row reads its new space from here
     run.trained["extend"] = fit(encoder, objective, run.x, run.y, run.seed + 1, c.epochs)
     new_train, new_test = embed(encoder, run.x), embed(encoder, run.x_test)
