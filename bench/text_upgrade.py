@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from compat.answer_pairs import answers  # noqa: E402
 from compat.backfill_curves import (  # noqa: E402
     Relevance,
     backfill_curve,
@@ -208,7 +209,9 @@ class Variant:
     (new(t) -> old(t)), no labels at all; "defs": the definitions only (one side of the task);
     "task": the "same" pairs plus each anchor synset's lemma string mapped onto its definition
     (new(lemmas) -> old(definition)), the task's own structure from synsets outside the test;
-    "task-only": those lemma -> definition pairs alone.
+    "task-only": those lemma -> definition pairs alone; "answers": the "same" pairs plus each
+    anchor lemma string mapped onto the old vector of the anchor definition the ``src`` model
+    ranks first for it (compat/answer_pairs.py): that model's answers, no label read.
     """
 
     key: str
@@ -257,6 +260,9 @@ VARIANTS = {
         {**CONTRASTIVE, "distill": 1.0, "distill_temperature": 0.1},
         INFONCE,
     ),
+    # the "same" pairs plus one per anchor lemma string: new(lemmas) -> old(the anchor definition
+    # the new model ranks first for them), its own answer, right or wrong (round 15)
+    "contrastive_affine+answers": Variant("contrastive_affine", "answers", CONTRASTIVE, INFONCE),
     "procrustes defs only": Variant("procrustes", "defs", {}, FitOptions()),
     "contrastive_affine defs only": Variant("contrastive_affine", "defs", CONTRASTIVE, INFONCE),
     # (d) task-paired query adapters: a separate experiment, each with its old -> old control.
@@ -268,7 +274,7 @@ VARIANTS = {
     "residual_mlp+nce task": Variant("residual_mlp", "task", MLP, NCE),
 }
 TASK = ("linear+nce task", "contrastive_affine task", "contrastive_affine task only")
-LABEL_FREE = tuple(name for name in VARIANTS if VARIANTS[name].pairs in ("same", "defs"))
+LABEL_FREE = tuple(name for name in VARIANTS if VARIANTS[name].pairs in ("same", "defs", "answers"))
 SWEEP = ("contrastive_affine", "contrastive_residual")  # (b) refitted on smaller anchor pools
 SPEED = ("residual_mlp+nce task", "contrastive_affine")  # the recipes timed on 20,000 pairs
 
@@ -307,6 +313,9 @@ def pairs_for(anchors: Anchors, kind: str, src: str = "new") -> tuple[torch.Tens
         lem = (torch.cat([lem[0], t[f"{src}_xlem"]]), torch.cat([lem[1], t["old_xlem"]]))
     task = (t[f"{src}_lem"], t["old_def"])
     chosen = {"same": [lem, defs], "defs": [defs], "task": [lem, defs, task], "task-only": [task]}
+    if kind == "answers":  # (src lemmas, old vector of the definition src ranks first for them)
+        first = answers(t[f"{src}_lem"], t[f"{src}_def"])
+        chosen[kind] = [lem, defs, (t[f"{src}_lem"], t["old_def"][first])]
     if kind not in chosen:
         raise ValueError(f"unknown pairs kind {kind!r}, expected one of {sorted(chosen)}")
     return torch.cat([x for x, _ in chosen[kind]]), torch.cat([y for _, y in chosen[kind]])

@@ -148,6 +148,14 @@ def fit(
             "made by held-out class top-1 instead of paired recall."
         ),
     ] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sample queries embedded by --from alone, .npy (Q, d_from): each also teaches "
+            "the adapter where --from's own first answer among the anchors lies in --to's space "
+            "(no labels needed; the anchors should be gallery items, not queries)."
+        ),
+    ] = None,
     directory: DataDir = DEFAULT_DIR,
     database: Database = None,
     as_json: Json = False,
@@ -171,6 +179,7 @@ def fit(
         direction=direction,
         name=name,
         labels=None if labels is None else load_labels(labels),
+        queries=None if queries is None else load_vectors(queries),
     )
     emit(
         result,

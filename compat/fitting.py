@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from compat.adapters import ADAPTERS, Adapter, Direction, build_adapter, no_decay_parameters
+from compat.answer_pairs import with_answers
 from compat.metrics import self_retrieval_metrics
 from compat.vectors import check_vectors
 from kernels.errors import InvalidInputError
@@ -280,6 +281,7 @@ def select_adapter(
     options: FitOptions | None = None,
     refit: bool = True,
     labels: Tensor | None = None,
+    queries: Tensor | None = None,
 ) -> Selection:
     """Fit each candidate on one seeded split of the pairs and keep the best on the held-out part.
 
@@ -288,6 +290,9 @@ def select_adapter(
     simplest first). With ``refit`` the winner is fitted again on all pairs.
     ``labels`` (N,): the pairs' classes, passed to label-aware candidates; without them the default
     candidates leave out adapters that cannot fit unlabelled (listing one in ``keys`` is an error).
+    ``queries`` (Q, d_in): source-space query vectors; each candidate also fits on each query
+    paired with the target row of the training anchor it ranks first (compat/answer_pairs.py), so
+    no held-out anchor is ever an answer.
     """
     if not 0.0 < holdout < 1.0:
         raise InvalidInputError(f"holdout must be a fraction in (0, 1), got {holdout}")
@@ -310,17 +315,20 @@ def select_adapter(
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     held, train = order[:n_held], order[n_held:]
     configs = configs or {}
+    fit_x, fit_y, fit_labels = with_answers(
+        x[train], y[train], queries, None if labels is None else labels[train]
+    )
     reports = {
         key: fit_adapter(
             key,
-            x[train],
-            y[train],
+            fit_x,
+            fit_y,
             direction=direction,
             config=configs.get(key),
             seed=seed,
             options=options,
             held_out=(x[held], y[held]),
-            labels=None if labels is None else labels[train],
+            labels=fit_labels,
             held_out_labels=None if labels is None else labels[held],
         )
         for key in candidates
@@ -335,15 +343,16 @@ def select_adapter(
     best = candidates[max(range(len(candidates)), key=rank)]
     adapter = reports[best].adapter
     if refit:
+        all_x, all_y, all_labels = with_answers(x, y, queries, labels)
         adapter = fit_adapter(
             best,
-            x,
-            y,
+            all_x,
+            all_y,
             direction=direction,
             config=configs.get(best),
             seed=seed,
             options=options,
-            labels=labels,
+            labels=all_labels,
         ).adapter
     return Selection(best, adapter, criterion, len(train), n_held, reports)
 

@@ -200,14 +200,18 @@ def fit_and_register(
     seed: int = 0,
     labels: Any = None,
     config: dict[str, Any] | None = None,
+    queries: Any = None,
 ) -> dict[str, Any]:
     """Fit an adapter on paired vectors (row i = the same item embedded by ``source`` and by
     ``target``) and record it with its held-out scores. ``key=None`` selects the best registered
     adapter on a held-out 20% of the pairs. ``labels`` (N,) int, the anchors' classes, if known:
     label-aware adapters train on them and the selection ranks by held-out class top-1.
-    ``config``: the chosen ``key``'s config fields (e.g. ``{"hard_negatives": 8}``)."""
+    ``config``: the chosen ``key``'s config fields (e.g. ``{"hard_negatives": 8}``).
+    ``queries`` (Q, d_source): sample queries embedded by ``source`` alone; each also trains the
+    adapter towards the anchor ``source`` answers it with (compat/answer_pairs.py)."""
     import torch
 
+    from compat.answer_pairs import with_answers
     from compat.fitting import fit_adapter, select_adapter
     from compat.vectors import check_vectors
 
@@ -221,15 +225,23 @@ def fit_and_register(
         x = check_vectors(torch.as_tensor(source_vectors), src.dim, f"{source} anchor vectors")
         y = check_vectors(torch.as_tensor(target_vectors), dst.dim, f"{target} anchor vectors")
         classes = None if labels is None else torch.as_tensor(labels)
-        options: dict[str, Any] = {"direction": direction, "seed": seed, "labels": classes}
+        q = (
+            None
+            if queries is None
+            else check_vectors(torch.as_tensor(queries), src.dim, f"{source} query vectors")
+        )
+        options: dict[str, Any] = {"direction": direction, "seed": seed}
         if key is None:
-            chosen = select_adapter(x, y, **options)
+            chosen = select_adapter(x, y, labels=classes, queries=q, **options)
             adapter, metrics = chosen.adapter, _selection_metrics(chosen)
         else:
-            report = fit_adapter(key, x, y, config=config, **options)
+            fx, fy, fl = with_answers(x, y, q, classes)
+            report = fit_adapter(key, fx, fy, config=config, labels=fl, **options)
             adapter, metrics = report.adapter, {"train_cosine": report.train.cosine}
         if classes is not None:  # shown by `models show`: this fit saw class labels
             metrics["labelled"] = True
+        if q is not None:  # and how many queries taught it the source model's answers
+            metrics["answer_queries"] = len(q)
         record = register_adapter(ctx, session, adapter, src, dst, name=name, metrics=metrics)
         record.fit_size = len(x)
         return {

@@ -192,3 +192,22 @@ def test_fit_adapter_config_sets_the_named_adapters_fields(tmp_path) -> None:
         invoke(*fit, "--adapter", "lambda_orthogonal", "--adapter-config", '{"lam": 0.5}').stdout
     )
     assert out["kind"] == "lambda_orthogonal" and out["config"]["lam"] == 0.5
+
+
+def test_fit_with_queries_records_them_and_refuses_the_wrong_width(tmp_path) -> None:
+    """Queries embedded by --from add answer pairs; a query file of another width is refused."""
+    data = tmp_path / "data"
+    rng = np.random.default_rng(2)
+    old = unit_vectors(300, 8, seed=6)
+    rotation = np.linalg.qr(rng.normal(size=(12, 12)))[0][:8]  # (8, 12) orthonormal rows
+    new = (old @ rotation).astype(np.float32)
+    fit = fit_b_to_a(tmp_path, old, new)
+    np.save(tmp_path / "q8.npy", old[:10])
+    bad = runner.invoke(app, [*fit, "--queries", str(tmp_path / "q8.npy")])
+    assert bad.exit_code != 0 and "b query vectors has width 8" in str(bad.exception), bad.output
+    assert json.loads(invoke("status", "--dir", str(data), "--json").stdout)["adapters"] == []
+    noisy = new[:50] + 0.05 * rng.normal(size=(50, 12)).astype(np.float32)
+    np.save(tmp_path / "q.npy", noisy)
+    out = json.loads(invoke(*fit, "--queries", str(tmp_path / "q.npy")).stdout)
+    assert out["metrics"]["answer_queries"] == 50 and out["pairs"] == 300
+    assert out["metrics"]["held_out"][out["kind"]]["recall@10"] > 0.95  # the rotation still found

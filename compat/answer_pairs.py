@@ -1,0 +1,49 @@
+"""Training pairs from the new model's own answers: a bridge taught where new queries should land.
+
+A bridge fitted on same-text pairs (new(t) -> old(t)) learns to *imitate* the old model text by
+text; what it gains over old/old comes only from how the new model's neighbourhoods survive the
+map. The new model can say more: asked a query, it ranks the anchor items, and its first answer is
+where that query should land in the old space. So each query (embedded by the new model only)
+becomes one more pair, new(query) -> old(the anchor item the new model ranks first for it).
+
+No relevance label is read: which item answers which query is the new model's judgement, right or
+wrong. On WordNet (MiniLM -> MPNet) these pairs took the bridge's share of the upgrade's gain from
+0.41 to 0.50 (docs/results/text_upgrade.md, round 15); the same construction with MiniLM as its
+own teacher gives nothing (it can only teach what the old model already answers).
+
+The items must be items (the gallery's kind of text), not queries: retrieval among texts of the
+query's own kind finds its near-duplicates, whose pairs teach nothing new (measured: 0.36 there).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from compat.vectors import check_vectors
+from kernels.errors import InvalidInputError
+
+
+def answers(queries: Tensor, items: Tensor, *, chunk: int = 4096) -> Tensor:
+    """(Q, d), (N, d) in one model's space -> (Q,) the item each query ranks first, by cosine."""
+    queries = check_vectors(queries, items.shape[1], "queries (source-space vectors)")
+    if len(items) == 0:
+        raise InvalidInputError("there are no anchor items to answer the queries from")
+    items = F.normalize(items.float(), dim=1)  # (N, d)
+    return torch.cat(
+        [(F.normalize(part, dim=1) @ items.T).argmax(1) for part in queries.split(chunk)]
+    )
+
+
+def with_answers(
+    x: Tensor, y: Tensor, queries: Tensor | None, labels: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Anchor pairs (x (N, d_s) -> y (N, d_t)) plus one pair per query: (queries (Q, d_s), the
+    y row of the anchor x ranks first for it). The answered anchor's label labels its pair.
+    -> (x (N + Q, d_s), y (N + Q, d_t), labels (N + Q,) or None); unchanged when no queries."""
+    if queries is None:
+        return x, y, labels
+    first = answers(queries, x)
+    extra_labels = None if labels is None else torch.cat([labels, labels[first]])
+    return torch.cat([x, queries.float()]), torch.cat([y, y[first]]), extra_labels
