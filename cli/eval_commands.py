@@ -61,6 +61,13 @@ def eval_command(
         Path | None, typer.Option(help="Anchor texts, old model (default: gallery).")
     ] = None,
     anchors_new: Annotated[Path | None, typer.Option(help="The same anchors, new model.")] = None,
+    anchor_queries: Annotated[
+        Path | None,
+        typer.Option(
+            help="Other queries than the evaluated ones, new model only: each also teaches the "
+            "fitted bridge the new model's first answer among the anchors (as hotswap fit --queries)."
+        ),
+    ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Cut-off of Recall/MRR/nDCG@k.")] = 10,
     rerank_depth: Annotated[
         int, typer.Option(min=0, help="Bridge + rerank candidates (0: off).")
@@ -102,7 +109,8 @@ def eval_command(
         report = _from_vector_files(
             old_queries, new_queries, old_gallery, new_gallery, query_labels=query_labels,
             gallery_labels=gallery_labels, pairs=pairs, self_match=self_match, adapter=adapter,
-            fit=fit, anchors_old=anchors_old, anchors_new=anchors_new, options=options,
+            fit=fit, anchors_old=anchors_old, anchors_new=anchors_new,
+            anchor_queries=anchor_queries, options=options,
         )  # fmt: skip
     else:
         from index.context import open_context
@@ -111,6 +119,14 @@ def eval_command(
         if old_version is None or new_version is None or query_set is None:
             raise InvalidInputError(
                 "catalog mode needs --old-version, --new-version and --query-set"
+            )
+        vector_files_only = {"--anchors-old": anchors_old, "--anchors-new": anchors_new,
+                             "--anchor-queries": anchor_queries}  # fmt: skip
+        given = [flag for flag, value in vector_files_only.items() if value is not None]
+        if given:
+            raise InvalidInputError(
+                f"{', '.join(given)}: vector files, and catalog mode embeds the query set itself",
+                fix="drop them, or evaluate from the four vector files",
             )
         report = evaluate_versions(
             open_context(directory, database), old_version, new_version,

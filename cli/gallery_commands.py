@@ -153,7 +153,8 @@ def fit(
         typer.Option(
             help="Sample queries embedded by --from alone, .npy (Q, d_from): each also teaches "
             "the adapter where --from's own first answer among the anchors lies in --to's space "
-            "(no labels needed; the anchors should be gallery items, not queries)."
+            "(no labels needed; the anchors should be gallery items, not queries). Whether they "
+            "help on your data: hotswap eval --anchor-queries."
         ),
     ] = None,
     directory: DataDir = DEFAULT_DIR,

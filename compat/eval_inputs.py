@@ -5,7 +5,9 @@ Inputs are .npy float arrays: old/new query vectors (Q, d_old)/(Q, d_new), old/n
 is either class labels (one per line for the queries and for the gallery; ``self_match`` when
 the queries are the gallery items themselves) or pairs (one "query_row gallery_row" per line).
 The bridge is a saved adapter, or one fitted here (``fit``: a registry key or "auto" = selected by
-held-out paired retrieval) on anchor pairs: the given anchor files, else the gallery's own pairs.
+held-out paired retrieval) on anchor pairs: the given anchor files, else the gallery's own pairs,
+plus, with ``anchor_queries`` (other queries than the evaluated ones, new model only), one pair per
+such query onto the new model's own first answer among those anchors (compat/answer_pairs.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 
 from compat.adapters import load_adapter
+from compat.answer_pairs import with_answers
 from compat.backfill_curves import Relevance
 from compat.fitting import fit_adapter, select_adapter
 from compat.verdict import BridgeReport, bridge_or_backfill
@@ -38,6 +41,7 @@ class EvalFiles:
     fit: str = "auto"
     anchors_old: Path | None = None
     anchors_new: Path | None = None
+    anchor_queries: Path | None = None
 
 
 def read_relevance(files: EvalFiles, queries: int, gallery: int) -> Relevance:
@@ -94,6 +98,11 @@ def evaluate_vector_files(files: EvalFiles, **options: object) -> BridgeReport:
     og, ng = _tensor(files.old_gallery), _tensor(files.new_gallery)
     relevance = read_relevance(files, len(oq), len(og))
     if files.adapter is not None:
+        if files.anchor_queries is not None:
+            raise InvalidInputError(
+                "--anchor-queries teach a bridge fitted here, and --adapter gives a fitted one",
+                fix="drop one of the two",
+            )
         if not files.adapter.is_file():
             raise NotFoundError(f"adapter file {files.adapter} does not exist")
         adapter = load_adapter(files.adapter)
@@ -103,8 +112,10 @@ def evaluate_vector_files(files: EvalFiles, **options: object) -> BridgeReport:
             if files.anchors_old is None or files.anchors_new is None:
                 raise InvalidInputError("anchors need both --anchors-old and --anchors-new")
             x, y = _tensor(files.anchors_new), _tensor(files.anchors_old)
+        queries = None if files.anchor_queries is None else _tensor(files.anchor_queries)
         if files.fit == "auto":
-            adapter = select_adapter(x, y, direction="backward").adapter
+            adapter = select_adapter(x, y, direction="backward", queries=queries).adapter
         else:
+            x, y, _ = with_answers(x, y, queries)
             adapter = fit_adapter(files.fit, x, y, direction="backward").adapter
     return bridge_or_backfill(oq, nq, og, ng, relevance, adapter, **options)  # type: ignore[arg-type]

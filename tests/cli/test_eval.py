@@ -156,3 +156,25 @@ def test_eval_deployed_items_prices_the_backfill_and_extrapolates_retention(tmp_
     assert r["verdict"]["at_deployed"] in ("bridge", "bridge+rerank", "backfill")
     text = _text(r)
     assert "1,000,000   extrapolated: bridged" in text and "pt per doubling" in text
+
+
+def test_anchor_queries_refit_the_bridge_and_clash_with_a_given_adapter(tmp_path) -> None:
+    """Other queries' new vectors add answer pairs to the fitted bridge (compat/answer_pairs.py)."""
+    (tmp_path / "other").mkdir()
+    files, other = write_upgrade(tmp_path), write_upgrade(tmp_path / "other", seed=1)
+    args = eval_args(files, "--json", "--resamples", "0")
+    args[args.index("--fit") + 1] = "procrustes"
+    plain = json.loads(runner.invoke(app, args).output)
+    taught = runner.invoke(app, [*args, "--anchor-queries", str(other["new"])])
+    assert taught.exit_code == 0, taught.output
+    r = json.loads(taught.output)
+    assert r["old_old"] == plain["old_old"] and r["new_new"] == plain["new_new"]
+    assert r["bridged"] != plain["bridged"]  # the 240 answer pairs moved the fit
+    np.save(tmp_path / "narrow.npy", np.zeros((5, 16), np.float32))
+    narrow = runner.invoke(app, [*args, "--anchor-queries", str(tmp_path / "narrow.npy")])
+    assert isinstance(narrow.exception, InvalidInputError) and "width 16" in str(narrow.exception)
+    adapter = tmp_path / "a.safetensors"
+    clash = runner.invoke(
+        app, [*args, "--adapter", str(adapter), "--anchor-queries", str(other["new"])]
+    )
+    assert isinstance(clash.exception, InvalidInputError) and "--adapter" in str(clash.exception)
