@@ -40,8 +40,8 @@ def train(
             "encoder you configure as extra dimensions beside it (its embed_dim is the extra "
             "width), bridged by a step chosen on held-out training inputs; nca_extended trains "
             "those extra dimensions under nca with a jointly trained λ-orth bridge instead (one "
-            "projection at query time; slower: NCA compares every batch with up to 10,000 old "
-            "training vectors).",
+            "projection at query time; slower: NCA compares every batch with up to --bank-rows "
+            "old training vectors).",
         ),
     ] = "bct",
     dataset: Annotated[
@@ -54,6 +54,15 @@ def train(
         Path | None, typer.Option(help="Their class labels: int (N,) .npy (with --inputs).")
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 5,
+    bank_rows: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="nca, nca_extended, extend: at most this many training rows (a seeded sample) "
+            "in the old-feature bank or the bridge fit; their time grows with it "
+            "(default 10,000).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     quick: Annotated[
         bool, typer.Option("--quick", help="One epoch on 3,000 rows: a smoke run (seconds).")
@@ -72,6 +81,8 @@ def train(
     if (inputs is None) != (labels is None):
         raise InvalidInputError("--inputs and --labels go together")
     options: dict[str, Any] = {"new": new, "old": old, "encoder": encoder, "seed": seed}
+    if bank_rows is not None:
+        options["bank_rows"] = bank_rows
     options |= {
         "method": method,
         "encoder_config": read_object_option(encoder_config, "the encoder config"),
@@ -91,7 +102,8 @@ def train_report(r: dict[str, Any], directory: Path) -> str:
     """The protocol cells (old/old, new/old, new/new) and the next command."""
     lines = [
         f"trained {r['new']} ({r['encoder']}, {r['dim']}-d, {r['method']}) on {r['dataset']}, "
-        f"{r['train_rows']} rows",
+        f"{r['train_rows']} rows"
+        + (f" ({r['bank_rows']} in its bank)" if "bank_rows" in r else ""),
         "",
         f"  {'':<12}" + "".join(f"{name:>8}" for _, name in METRIC_NAMES),
     ]

@@ -67,6 +67,7 @@ EXTENDING = (EXTEND, NCA_EXTENDED)  # the configured encoder gives the extra dim
 # fit had not finished after 32 min and nca took 1,859 s; with 10,000, 99 s and 227 s, nca's cells
 # unchanged within their noise (docs/results/compat.md, stops 22 and 23)
 NCA_ROWS = 10_000
+BANKED = ("nca", EXTEND, NCA_EXTENDED)  # the methods NCA_ROWS / bank_rows limits
 
 
 class StageClock:
@@ -96,6 +97,7 @@ class UpgradeConfig(Config):
     batch_size: int = 256
     train_limit: int | None = None  # first rows of the training split (None: all)
     eval_limit: int | None = 2000  # first rows of the held-out split used for the cells
+    bank_rows: int = NCA_ROWS  # at most this many training rows in an NCA bank / extend's fit
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -106,7 +108,7 @@ class UpgradeConfig(Config):
             self.prototypes in get_args(PrototypeMode),
             f"prototypes must be one of {get_args(PrototypeMode)}, got {self.prototypes!r}",
         )
-        for name in ("train_limit", "eval_limit"):
+        for name in ("train_limit", "eval_limit", "bank_rows"):
             value = getattr(self, name)
             check(value is None or value >= 2, f"{name} must be >= 2, got {value}")
         if self.old is None:
@@ -178,15 +180,17 @@ def fit_compatible(
     prototypes: PrototypeMode = "class_means",
     old_classifier: Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    bank_rows: int = NCA_ROWS,
 ) -> Adapter:
     """Train ``encoder`` (x (N, D) -> (N, d_new)) compatibly with the frozen ``old`` (-> d_old).
 
     Returns the backward adapter (d_new -> d_old) that sends new queries into the old space.
     With ``extend`` or ``nca_extended``, ``encoder`` must be an :class:`ExtendedEncoder` around
-    ``old``.
+    ``old``. ``bank_rows``: at most this many training rows (a seeded sample) in nca's banks and
+    in extend's bridge fit.
     """
     if method == EXTEND:
-        return _fit_extension(encoder, old, x, y, classes, config, progress)
+        return _fit_extension(encoder, old, x, y, classes, config, progress, bank_rows)
     old_dim = int(embed(old, x[:1]).shape[1])
     objective: Objective
     references: list[nn.Module] = []  # frozen models whose features the loss reads
@@ -204,7 +208,7 @@ def fit_compatible(
         ract_config = RACTConfig(classes=classes, embed_dim=encoder.embed_dim, old_dim=old_dim)
         objective, references = RACT(ract_config), [old]
     elif method in ("nca", NCA_EXTENDED):  # NCA over the old model's features of a bank of inputs
-        bank = _nca_rows(len(x), config.seed)
+        bank = _nca_rows(len(x), config.seed, bank_rows)
         if method == "nca":
             nca_config = NCAConfig(classes=classes, embed_dim=encoder.embed_dim, old_dim=old_dim)
             objective, references = nca_against(old, x[bank], y[bank], nca_config)
@@ -227,19 +231,20 @@ def _fit_extension(
     classes: int,
     config: TrainConfig,
     progress: Callable[[int, int], None] | None,
+    bank_rows: int,
 ) -> Adapter:
     """Train the extra dimensions beside the frozen ``old`` (plain classification: the old block
     already keeps the old space), then fit its ``block_step`` bridge on the training inputs."""
     extension_of(encoder, old, EXTEND)
     objective = Classification(ObjectiveConfig(classes=classes, embed_dim=encoder.embed_dim))
     train(encoder, objective, x, y, config, progress)
-    rows = _nca_rows(len(x), config.seed)
+    rows = _nca_rows(len(x), config.seed, bank_rows)
     return fit_block_step(embed(encoder, x[rows]), embed(old, x[rows]), y[rows], seed=config.seed)
 
 
-def _nca_rows(n: int, seed: int) -> Tensor:
-    """A seeded sample of at most NCA_ROWS of n training rows (all of them, shuffled, if fewer)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:NCA_ROWS]
+def _nca_rows(n: int, seed: int, limit: int = NCA_ROWS) -> Tensor:
+    """A seeded sample of at most ``limit`` of n training rows (all of them, shuffled, if fewer)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
 
 
 def train_upgrade(
@@ -279,6 +284,7 @@ def train_upgrade(
                 train_config,
                 prototypes=config.prototypes,
                 progress=progress,
+                bank_rows=config.bank_rows,
             )
     with clock("evaluate cells"):
         cells = _cells(old, encoder, adapter, data, config.eval_limit)
@@ -295,6 +301,8 @@ def train_upgrade(
         "cells": cells,
         "seconds": clock.seconds,
     }
+    if config.method in BANKED:
+        result["bank_rows"] = min(config.bank_rows, len(x))
     if old is not None:
         result["compatible"] = {
             m: compatible(cells["new/old"][m], cells["old/old"][m]) for m in ("top1", "ap")

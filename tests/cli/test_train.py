@@ -77,10 +77,12 @@ def test_nca_upgrade_is_registered_and_served(trained) -> None:
     """--method nca: the jointly trained backward adapter is registered and serves the cell."""
     data = trained[0]
     common = ("--dir", str(data), "--quick", "--json", "--dataset", "fashion-mnist")
-    result = hotswap("train", "--old", "v1", "--new", "v5", "--method", "nca", *common)
+    result = hotswap(
+        "train", "--old", "v1", "--new", "v5", "--method", "nca", "--bank-rows", "2000", *common
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert (out["method"], out["adapter"]) == ("nca", "v5-to-v1")
+    assert (out["method"], out["adapter"], out["bank_rows"]) == ("nca", "v5-to-v1", 2000)
     assert _served_new_old_cell(data, "v5") == pytest.approx(out["cells"]["new/old"], abs=1e-6)
 
 
@@ -96,6 +98,7 @@ def _extension(data, new: str, method: str) -> tuple[Any, Any, Any]:
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert (out["method"], out["adapter"], out["dim"]) == (method, f"{new}-to-v1", 48)
+    assert out["bank_rows"] == out["train_rows"] == 3000  # --quick: fewer rows than the limit
     assert _served_new_old_cell(data, new) == pytest.approx(out["cells"]["new/old"], abs=1e-6)
     ctx = open_context(data)
     with ctx.transaction() as session:
@@ -188,6 +191,16 @@ def test_users_own_arrays(tmp_path) -> None:
     assert isinstance(fashion.exception, InvalidInputError) and "width 784" in str(
         fashion.exception
     )
+
+
+def test_a_bank_of_fewer_than_two_rows_is_refused(trained) -> None:
+    from index.train import UpgradeConfig
+
+    with pytest.raises(InvalidInputError, match="bank_rows must be >= 2"):
+        UpgradeConfig(new="v3", old="v1", method="nca", bank_rows=1)
+    result = hotswap("train", "--dir", str(trained[0]), "--old", "v1", "--new", "v3",
+                     "--method", "nca", "--bank-rows", "1")  # fmt: skip
+    assert result.exit_code == 2 and "--bank-rows" in result.output
 
 
 def test_nca_banks_are_a_seeded_sample_of_at_most_nca_rows() -> None:
