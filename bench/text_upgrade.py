@@ -23,7 +23,8 @@ shuffle: never test, never held out) as extra same-text pairs in every fit (MPNe
 short strings ~6x faster than definitions). The ``+bank`` / ``+hard`` recipes add InfoNCE
 negatives from a bank of every distinct training target (uniform / from the own target's
 old-space cluster); ``+distill`` adds the new model's in-batch similarities as soft targets
-(compat/contrastive_adapter.py). WordNet has 115,659 synsets outside the test: ``--anchors``
+(compat/contrastive_adapter.py); ``+answers`` adds one pair per anchor lemma string onto the anchor
+definition the new model ranks first for it (compat/answer_pairs.py). WordNet has 115,659 synsets outside the test: ``--anchors``
 up to 115,500.
 
 Embeddings are cached per (encoder fingerprint, chunk of texts) under ``.cache/embeddings``
@@ -741,8 +742,11 @@ def _adapters(seeds: list[dict[str, Any]], reports: list[BridgeReport]) -> list[
         "## Label-free bridge recipes (new → old, same-text anchor pairs; mean ± std over seeds)",
         "",
         'Pairs "same": every anchor synset\'s lemma string and its definition, each embedded by both '
-        'models (both sides of the task); "defs": the definitions only. Held-out R@10: lemma → '
-        "definition retrieval on the held-out anchor synsets, the selection criterion.",
+        'models (both sides of the task); "defs": the definitions only; `+answers`: the "same" '
+        "pairs plus each anchor lemma string paired with the old vector of the anchor definition "
+        "the new model ranks first for it (its own answer, right or wrong; no label read). "
+        "Held-out R@10: lemma → definition retrieval on the held-out anchor synsets, the selection "
+        "criterion.",
         "",
         *HEADER,
         *_recipe_rows(seeds, reports, "variants", LABEL_FREE),
