@@ -27,10 +27,11 @@ from kernels.errors import InvalidInputError
 
 def answers(queries: Tensor, items: Tensor, *, chunk: int = 4096) -> Tensor:
     """(Q, d), (N, d) in one model's space -> (Q,) the item each query ranks first, by cosine."""
+    items = check_vectors(items, None, "anchor items (source-space vectors)")
     queries = check_vectors(queries, items.shape[1], "queries (source-space vectors)")
     if len(items) == 0:
         raise InvalidInputError("there are no anchor items to answer the queries from")
-    items = F.normalize(items.float(), dim=1)  # (N, d)
+    items = F.normalize(items, dim=1)  # (N, d)
     return torch.cat(
         [(F.normalize(part, dim=1) @ items.T).argmax(1) for part in queries.split(chunk)]
     )

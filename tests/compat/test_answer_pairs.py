@@ -37,6 +37,7 @@ def test_with_answers_appends_one_pair_per_query_labelled_by_its_answer() -> Non
         (unit(3, 5, 0), unit(10, 6, 1), "width 5"),
         (torch.full((2, 6), float("nan")), unit(10, 6, 1), "NaN"),
         (unit(2, 6, 0), torch.empty(0, 6), "no anchor items"),
+        (unit(2, 6, 0), torch.full((3, 6), float("inf")), "anchor items .* NaN or Inf"),
     ],
 )
 def test_bad_queries_or_items_are_refused(queries, items, message) -> None:
