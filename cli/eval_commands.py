@@ -61,12 +61,15 @@ def eval_command(
         Path | None, typer.Option(help="Anchor texts, old model (default: gallery).")
     ] = None,
     anchors_new: Annotated[Path | None, typer.Option(help="The same anchors, new model.")] = None,
-    anchor_queries: Annotated[
+    anchor_queries_new: Annotated[
         Path | None,
         typer.Option(
-            help="Other queries than the evaluated ones, new model only: each also teaches the "
-            "fitted bridge the new model's first answer among the anchors (as hotswap fit --queries)."
+            help="Other queries than the evaluated ones, new model: each also teaches the fitted "
+            "bridge the new model's first answer among the anchors (as hotswap fit --queries)."
         ),
+    ] = None,
+    anchor_queries_old: Annotated[
+        Path | None, typer.Option(help="The same queries, old model: their own pairs join the fit.")
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Cut-off of Recall/MRR/nDCG@k.")] = 10,
     rerank_depth: Annotated[
@@ -110,7 +113,8 @@ def eval_command(
             old_queries, new_queries, old_gallery, new_gallery, query_labels=query_labels,
             gallery_labels=gallery_labels, pairs=pairs, self_match=self_match, adapter=adapter,
             fit=fit, anchors_old=anchors_old, anchors_new=anchors_new,
-            anchor_queries=anchor_queries, options=options,
+            anchor_queries_new=anchor_queries_new, anchor_queries_old=anchor_queries_old,
+            options=options,
         )  # fmt: skip
     else:
         from index.context import open_context
@@ -121,7 +125,8 @@ def eval_command(
                 "catalog mode needs --old-version, --new-version and --query-set"
             )
         vector_files_only = {"--anchors-old": anchors_old, "--anchors-new": anchors_new,
-                             "--anchor-queries": anchor_queries}  # fmt: skip
+                             "--anchor-queries-new": anchor_queries_new,
+                             "--anchor-queries-old": anchor_queries_old}  # fmt: skip
         given = [flag for flag, value in vector_files_only.items() if value is not None]
         if given:
             raise InvalidInputError(

@@ -6,8 +6,9 @@ is either class labels (one per line for the queries and for the gallery; ``self
 the queries are the gallery items themselves) or pairs (one "query_row gallery_row" per line).
 The bridge is a saved adapter, or one fitted here (``fit``: a registry key or "auto" = selected by
 held-out paired retrieval) on anchor pairs: the given anchor files, else the gallery's own pairs,
-plus, with ``anchor_queries`` (other queries than the evaluated ones, new model only), one pair per
-such query onto the new model's own first answer among those anchors (compat/answer_pairs.py).
+plus, with ``anchor_queries_new`` (other queries than the evaluated ones), one pair per such query
+onto the new model's own first answer among those anchors (compat/answer_pairs.py), and with
+``anchor_queries_old`` (the same queries, old model) their own pairs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class EvalFiles:
     fit: str = "auto"
     anchors_old: Path | None = None
     anchors_new: Path | None = None
-    anchor_queries: Path | None = None
+    anchor_queries_new: Path | None = None
+    anchor_queries_old: Path | None = None
 
 
 def read_relevance(files: EvalFiles, queries: int, gallery: int) -> Relevance:
@@ -98,9 +100,9 @@ def evaluate_vector_files(files: EvalFiles, **options: object) -> BridgeReport:
     og, ng = _tensor(files.old_gallery), _tensor(files.new_gallery)
     relevance = read_relevance(files, len(oq), len(og))
     if files.adapter is not None:
-        if files.anchor_queries is not None:
+        if files.anchor_queries_new is not None or files.anchor_queries_old is not None:
             raise InvalidInputError(
-                "--anchor-queries teach a bridge fitted here, and --adapter gives a fitted one",
+                "anchor queries teach a bridge fitted here, and --adapter gives a fitted one",
                 fix="drop one of the two",
             )
         if not files.adapter.is_file():
@@ -112,10 +114,15 @@ def evaluate_vector_files(files: EvalFiles, **options: object) -> BridgeReport:
             if files.anchors_old is None or files.anchors_new is None:
                 raise InvalidInputError("anchors need both --anchors-old and --anchors-new")
             x, y = _tensor(files.anchors_new), _tensor(files.anchors_old)
-        queries = None if files.anchor_queries is None else _tensor(files.anchor_queries)
+        queries, queries_old = (
+            None if path is None else _tensor(path)
+            for path in (files.anchor_queries_new, files.anchor_queries_old)
+        )
         if files.fit == "auto":
-            adapter = select_adapter(x, y, direction="backward", queries=queries).adapter
+            adapter = select_adapter(
+                x, y, direction="backward", queries=queries, queries_target=queries_old
+            ).adapter
         else:
-            x, y, _ = with_answers(x, y, queries)
+            x, y, _ = with_answers(x, y, queries, queries_target=queries_old)
             adapter = fit_adapter(files.fit, x, y, direction="backward").adapter
     return bridge_or_backfill(oq, nq, og, ng, relevance, adapter, **options)  # type: ignore[arg-type]

@@ -282,6 +282,7 @@ def select_adapter(
     refit: bool = True,
     labels: Tensor | None = None,
     queries: Tensor | None = None,
+    queries_target: Tensor | None = None,
 ) -> Selection:
     """Fit each candidate on one seeded split of the pairs and keep the best on the held-out part.
 
@@ -292,7 +293,8 @@ def select_adapter(
     candidates leave out adapters that cannot fit unlabelled (listing one in ``keys`` is an error).
     ``queries`` (Q, d_in): source-space query vectors; each candidate also fits on each query
     paired with the target row of the training anchor it ranks first (compat/answer_pairs.py), so
-    no held-out anchor is ever an answer.
+    no held-out anchor is ever an answer; ``queries_target`` (Q, d_out), the same queries in the
+    target space, adds their own pairs to every fit.
     """
     if not 0.0 < holdout < 1.0:
         raise InvalidInputError(f"holdout must be a fraction in (0, 1), got {holdout}")
@@ -316,7 +318,7 @@ def select_adapter(
     held, train = order[:n_held], order[n_held:]
     configs = configs or {}
     fit_x, fit_y, fit_labels = with_answers(
-        x[train], y[train], queries, None if labels is None else labels[train]
+        x[train], y[train], queries, None if labels is None else labels[train], queries_target
     )
     reports = {
         key: fit_adapter(
@@ -343,7 +345,7 @@ def select_adapter(
     best = candidates[max(range(len(candidates)), key=rank)]
     adapter = reports[best].adapter
     if refit:
-        all_x, all_y, all_labels = with_answers(x, y, queries, labels)
+        all_x, all_y, all_labels = with_answers(x, y, queries, labels, queries_target)
         adapter = fit_adapter(
             best,
             all_x,

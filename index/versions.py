@@ -201,14 +201,16 @@ def fit_and_register(
     labels: Any = None,
     config: dict[str, Any] | None = None,
     queries: Any = None,
+    target_queries: Any = None,
 ) -> dict[str, Any]:
     """Fit an adapter on paired vectors (row i = the same item embedded by ``source`` and by
     ``target``) and record it with its held-out scores. ``key=None`` selects the best registered
     adapter on a held-out 20% of the pairs. ``labels`` (N,) int, the anchors' classes, if known:
     label-aware adapters train on them and the selection ranks by held-out class top-1.
     ``config``: the chosen ``key``'s config fields (e.g. ``{"hard_negatives": 8}``).
-    ``queries`` (Q, d_source): sample queries embedded by ``source`` alone; each also trains the
-    adapter towards the anchor ``source`` answers it with (compat/answer_pairs.py)."""
+    ``queries`` (Q, d_source): sample queries embedded by ``source``; each also trains the adapter
+    towards the anchor ``source`` answers it with (compat/answer_pairs.py). ``target_queries``
+    (Q, d_target): the same queries embedded by ``target``, if available: their own pairs join."""
     import torch
 
     from compat.answer_pairs import with_answers
@@ -225,23 +227,25 @@ def fit_and_register(
         x = check_vectors(torch.as_tensor(source_vectors), src.dim, f"{source} anchor vectors")
         y = check_vectors(torch.as_tensor(target_vectors), dst.dim, f"{target} anchor vectors")
         classes = None if labels is None else torch.as_tensor(labels)
-        q = (
+        q, qt = (
             None
-            if queries is None
-            else check_vectors(torch.as_tensor(queries), src.dim, f"{source} query vectors")
+            if v is None
+            else check_vectors(torch.as_tensor(v), version.dim, f"{version.name} query vectors")
+            for v, version in ((queries, src), (target_queries, dst))
         )
         options: dict[str, Any] = {"direction": direction, "seed": seed}
         if key is None:
-            chosen = select_adapter(x, y, labels=classes, queries=q, **options)
+            chosen = select_adapter(x, y, labels=classes, queries=q, queries_target=qt, **options)
             adapter, metrics = chosen.adapter, _selection_metrics(chosen)
         else:
-            fx, fy, fl = with_answers(x, y, q, classes)
+            fx, fy, fl = with_answers(x, y, q, classes, qt)
             report = fit_adapter(key, fx, fy, config=config, labels=fl, **options)
             adapter, metrics = report.adapter, {"train_cosine": report.train.cosine}
         if classes is not None:  # shown by `models show`: this fit saw class labels
             metrics["labelled"] = True
         if q is not None:  # and how many queries taught it the source model's answers
             metrics["answer_queries"] = len(q)
+            metrics["query_pairs"] = qt is not None  # their own pairs joined the fit
         record = register_adapter(ctx, session, adapter, src, dst, name=name, metrics=metrics)
         record.fit_size = len(x)
         return {

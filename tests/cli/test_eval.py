@@ -165,16 +165,24 @@ def test_anchor_queries_refit_the_bridge_and_clash_with_a_given_adapter(tmp_path
     args = eval_args(files, "--json", "--resamples", "0")
     args[args.index("--fit") + 1] = "procrustes"
     plain = json.loads(runner.invoke(app, args).output)
-    taught = runner.invoke(app, [*args, "--anchor-queries", str(other["new"])])
+    taught = runner.invoke(app, [*args, "--anchor-queries-new", str(other["new"])])
     assert taught.exit_code == 0, taught.output
     r = json.loads(taught.output)
     assert r["old_old"] == plain["old_old"] and r["new_new"] == plain["new_new"]
     assert r["bridged"] != plain["bridged"]  # the 240 answer pairs moved the fit
+    both = runner.invoke(app, [*args, "--anchor-queries-new", str(other["new"]),
+                               "--anchor-queries-old", str(other["old"])])  # fmt: skip
+    assert both.exit_code == 0, both.output
+    assert json.loads(both.output)["bridged"] not in (plain["bridged"], r["bridged"])
     np.save(tmp_path / "narrow.npy", np.zeros((5, 16), np.float32))
-    narrow = runner.invoke(app, [*args, "--anchor-queries", str(tmp_path / "narrow.npy")])
+    narrow = runner.invoke(app, [*args, "--anchor-queries-new", str(tmp_path / "narrow.npy")])
     assert isinstance(narrow.exception, InvalidInputError) and "width 16" in str(narrow.exception)
+    alone = runner.invoke(app, [*args, "--anchor-queries-old", str(other["old"])])
+    assert isinstance(alone.exception, InvalidInputError) and "without the queries" in str(
+        alone.exception
+    )
     adapter = tmp_path / "a.safetensors"
     clash = runner.invoke(
-        app, [*args, "--adapter", str(adapter), "--anchor-queries", str(other["new"])]
+        app, [*args, "--adapter", str(adapter), "--anchor-queries-new", str(other["new"])]
     )
     assert isinstance(clash.exception, InvalidInputError) and "--adapter" in str(clash.exception)

@@ -133,7 +133,7 @@ def test_query_set_file_is_checked(tmp_path) -> None:
 
 def test_catalog_mode_refuses_vector_file_options(catalog, tmp_path) -> None:
     data, query_set = catalog
-    args = [*eval_versions(data, query_set), "--anchor-queries", str(tmp_path / "q.npy")]
+    args = [*eval_versions(data, query_set), "--anchor-queries-new", str(tmp_path / "q.npy")]
     refused = runner.invoke(app, args)
     assert isinstance(refused.exception, InvalidInputError)
-    assert "--anchor-queries: vector files" in str(refused.exception)
+    assert "--anchor-queries-new: vector files" in str(refused.exception)

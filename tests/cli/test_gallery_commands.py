@@ -208,6 +208,9 @@ def test_fit_with_queries_records_them_and_refuses_the_wrong_width(tmp_path) -> 
     assert json.loads(invoke("status", "--dir", str(data), "--json").stdout)["adapters"] == []
     noisy = new[:50] + 0.05 * rng.normal(size=(50, 12)).astype(np.float32)
     np.save(tmp_path / "q.npy", noisy)
-    out = json.loads(invoke(*fit, "--queries", str(tmp_path / "q.npy")).stdout)
-    assert out["metrics"]["answer_queries"] == 50 and out["pairs"] == 300
+    np.save(tmp_path / "q_old.npy", old[:50])
+    out = json.loads(invoke(*fit, "--queries", str(tmp_path / "q.npy"), "--target-queries",
+                            str(tmp_path / "q_old.npy")).stdout)  # fmt: skip
+    assert out["metrics"]["answer_queries"] == 50 and out["metrics"]["query_pairs"] is True
+    assert out["pairs"] == 300
     assert out["metrics"]["held_out"][out["kind"]]["recall@10"] > 0.95  # the rotation still found

@@ -31,6 +31,23 @@ def test_with_answers_appends_one_pair_per_query_labelled_by_its_answer() -> Non
     assert with_answers(x, y, queries)[2] is None
 
 
+def test_queries_in_the_target_space_add_their_own_pairs_but_never_answer() -> None:
+    x, y = unit(20, 6, 2), unit(20, 4, 3)
+    queries, queries_target = x[[3, 17]] + 0.01 * unit(2, 6, 4), unit(2, 4, 5)
+    fx, fy, fl = with_answers(x, y, queries, queries_target=queries_target)
+    assert torch.equal(fx, torch.cat([x, queries, queries]))
+    assert torch.equal(fy, torch.cat([y, y[[3, 17]], queries_target])) and fl is None
+    for kwargs, message in [
+        ({"queries_target": queries_target[:1]}, "2 queries but 1"),
+        ({"queries_target": unit(2, 5, 6)}, "width 5"),
+        ({"queries_target": queries_target, "labels": torch.arange(20)}, "labels cover"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            with_answers(x, y, queries, **kwargs)
+    with pytest.raises(InvalidInputError, match="without the queries"):
+        with_answers(x, y, None, queries_target=queries_target)
+
+
 @pytest.mark.parametrize(
     ("queries", "items", "message"),
     [
