@@ -153,7 +153,8 @@ def fit(
         typer.Option(
             help="Sample queries embedded by --from, .npy (Q, d_from): each also teaches the "
             "adapter where --from's own first answer among the anchors lies in --to's space "
-            "(no labels needed; the anchors should be gallery items, not queries). Whether they "
+            "(no labels needed; the anchors should be gallery items, not queries), and the "
+            "default choice is made on a held-out fifth of them (answer_recall@10). Whether they "
             "help on your data: hotswap eval --anchor-queries-new."
         ),
     ] = None,

@@ -20,6 +20,8 @@ answers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -66,10 +68,33 @@ def with_answers(
             "class labels cover the anchors, and the queries' own pairs have none",
             fix="drop the labels or the target-space query vectors",
         )
-    queries_target = check_vectors(queries_target, y.shape[1], "target-space query vectors")
+    queries_target = target_queries(queries, queries_target, y.shape[1])
+    return torch.cat([x, queries.float()]), torch.cat([y, queries_target]), None
+
+
+def target_queries(queries: Tensor, queries_target: Tensor, dim: int) -> Tensor:
+    """The queries' target-space rows, checked: (Q, dim), finite, one per query."""
+    queries_target = check_vectors(queries_target, dim, "target-space query vectors")
     if len(queries_target) != len(queries):
         raise InvalidInputError(
             f"{len(queries)} queries but {len(queries_target)} target-space query vectors: "
             "the same queries, row by row"
         )
-    return torch.cat([x, queries.float()]), torch.cat([y, queries_target]), None
+    return queries_target
+
+
+def answer_recall(
+    transform: Callable[[Tensor], Tensor],
+    queries: Tensor,
+    items_source: Tensor,
+    items_target: Tensor,
+    k: int = 10,
+) -> float:
+    """Label-free held-out score of a bridge on the task it serves: the share of queries whose
+    mapped vector ranks, among the items' target rows, the item the source model answers first
+    within the top ``k`` (ties fail). queries (Q, d_s), items (N, d_s) and (N, d_t)."""
+    first = answers(queries, items_source)  # (Q,)
+    mapped = F.normalize(transform(F.normalize(queries.float(), dim=1)).float(), dim=1)
+    scores = mapped @ F.normalize(items_target.float(), dim=1).T  # (Q, N)
+    above = (scores >= scores.gather(1, first[:, None])).sum(dim=1) - 1
+    return float((above < k).float().mean())

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from compat.adapters import ADAPTERS, Adapter, Direction, build_adapter, no_decay_parameters
-from compat.answer_pairs import with_answers
+from compat.answer_pairs import answer_recall, target_queries, with_answers
 from compat.metrics import self_retrieval_metrics
 from compat.vectors import check_vectors
 from kernels.errors import InvalidInputError
@@ -35,8 +35,10 @@ from models.config import Config, check
 # Held-out scores select_adapter can rank by. "class_top1" needs the pairs' labels: the map that
 # copies the old space most faithfully (best paired recall) also copies the old model's mistakes,
 # so with labels the choice is made on what class retrieval measures (docs/results/compat.md).
-Criterion = Literal["recall@10", "cosine", "class_top1"]
-CRITERIA: tuple[Criterion, ...] = ("recall@10", "cosine", "class_top1")
+# "answer_recall@10" needs sample queries: paired recall ties at 1.0 on text anchors, and the tie
+# went to a map that loses a quarter of the old model's own R@10 (docs/results/text_upgrade.md).
+Criterion = Literal["recall@10", "cosine", "class_top1", "answer_recall@10"]
+CRITERIA: tuple[Criterion, ...] = ("recall@10", "cosine", "class_top1", "answer_recall@10")
 # Simplest first: a tie on the criterion goes to the earlier (fewer assumptions, fewer parameters).
 DEFAULT_CANDIDATES = (
     "procrustes",
@@ -86,12 +88,18 @@ class PairScores:
     # With labels: share of i whose nearest y_j (j != i) under transform(x_i) has x_i's class,
     # the protocol's new/old CMC top-1 on these pairs; None without labels.
     class_top1: float | None = None
+    # With held-out queries: compat.answer_pairs.answer_recall over the held-out anchors.
+    answer_recall: float | None = None
 
     def get(self, criterion: Criterion) -> float:
         if criterion == "class_top1":
             if self.class_top1 is None:
                 raise InvalidInputError("class_top1 was not measured: these pairs had no labels")
             return self.class_top1
+        if criterion == "answer_recall@10":
+            if self.answer_recall is None:
+                raise InvalidInputError("answer_recall@10 was not measured: no queries were given")
+            return self.answer_recall
         return self.recall_at_10 if criterion == "recall@10" else self.cosine
 
 
@@ -286,15 +294,17 @@ def select_adapter(
 ) -> Selection:
     """Fit each candidate on one seeded split of the pairs and keep the best on the held-out part.
 
-    Best = highest held-out ``criterion`` (default: ``class_top1`` with labels, else ``recall@10``);
+    Best = highest held-out ``criterion`` (default: ``class_top1`` with labels, else
+    ``answer_recall@10`` with queries, else ``recall@10``);
     then the next score (recall@10, else cosine); then the earlier key (the default order runs
     simplest first). With ``refit`` the winner is fitted again on all pairs.
     ``labels`` (N,): the pairs' classes, passed to label-aware candidates; without them the default
     candidates leave out adapters that cannot fit unlabelled (listing one in ``keys`` is an error).
-    ``queries`` (Q, d_in): source-space query vectors; each candidate also fits on each query
-    paired with the target row of the training anchor it ranks first (compat/answer_pairs.py), so
-    no held-out anchor is ever an answer; ``queries_target`` (Q, d_out), the same queries in the
-    target space, adds their own pairs to every fit.
+    ``queries`` (Q, d_in): source-space query vectors, split like the pairs: each training query
+    is also fitted onto the target row of the training anchor it ranks first
+    (compat/answer_pairs.py), so no held-out anchor is ever an answer, and the held-out queries
+    score ``answer_recall@10`` against the held-out anchors; ``queries_target`` (Q, d_out), the
+    same queries in the target space, adds the training queries' own pairs to every fit.
     """
     if not 0.0 < holdout < 1.0:
         raise InvalidInputError(f"holdout must be a fraction in (0, 1), got {holdout}")
@@ -303,9 +313,15 @@ def select_adapter(
     candidates = list(keys) if keys is not None else _default_keys(labelled=labels is not None)
     if not candidates or len(set(candidates)) != len(candidates):
         raise InvalidInputError(f"select_adapter needs distinct candidate keys, got {candidates}")
-    criterion = criterion or ("class_top1" if labels is not None else "recall@10")
+    default: Criterion = "answer_recall@10" if queries is not None else "recall@10"
+    criterion = criterion or ("class_top1" if labels is not None else default)
     if criterion not in CRITERIA:
         raise InvalidInputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if criterion == "answer_recall@10" and queries is None:
+        raise InvalidInputError(
+            "criterion 'answer_recall@10' ranks by the source model's answers to sample queries",
+            fix="pass queries=, or choose 'recall@10' or 'cosine'",
+        )
     if criterion == "class_top1" and labels is None:
         raise InvalidInputError(
             "criterion 'class_top1' ranks by class retrieval and needs the pairs' labels",
@@ -317,8 +333,9 @@ def select_adapter(
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     held, train = order[:n_held], order[n_held:]
     configs = configs or {}
+    asked = _split_queries(queries, queries_target, y.shape[1], holdout, seed)
     fit_x, fit_y, fit_labels = with_answers(
-        x[train], y[train], queries, None if labels is None else labels[train], queries_target
+        x[train], y[train], asked.train, None if labels is None else labels[train], asked.target
     )
     reports = {
         key: fit_adapter(
@@ -335,6 +352,10 @@ def select_adapter(
         )
         for key in candidates
     }
+    if asked.held is not None:
+        reports = {
+            key: _with_answer_recall(r, asked.held, x[held], y[held]) for key, r in reports.items()
+        }
     other: Criterion = "cosine" if criterion == "recall@10" else "recall@10"  # the tie-breaker
 
     def rank(i: int) -> tuple[float, float, int]:
@@ -357,6 +378,42 @@ def select_adapter(
             labels=all_labels,
         ).adapter
     return Selection(best, adapter, criterion, len(train), n_held, reports)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Queries:
+    train: Tensor | None  # fitted on, answered by the training anchors
+    target: Tensor | None  # their target-space rows, if given
+    held: Tensor | None  # scored against the held-out anchors
+
+
+def _split_queries(
+    queries: Tensor | None, queries_target: Tensor | None, dim: int, holdout: float, seed: int
+) -> _Queries:
+    """One seeded split of the sample queries, as of the pairs."""
+    if queries is None:
+        return _Queries(None, queries_target, None)  # with_answers refuses a lone target side
+    queries = check_vectors(queries, None, "queries")
+    if queries_target is not None:
+        queries_target = target_queries(queries, queries_target, dim)
+    n_held = round(len(queries) * holdout)
+    if not 2 <= n_held <= len(queries) - 1:
+        raise InvalidInputError(
+            f"{len(queries)} queries cannot be split {holdout:.0%} held out",
+            fix="give at least 10 sample queries",
+        )
+    order = torch.randperm(len(queries), generator=torch.Generator().manual_seed(seed))
+    held, train = order[:n_held], order[n_held:]
+    target = None if queries_target is None else queries_target[train]
+    return _Queries(queries[train], target, queries[held])
+
+
+def _with_answer_recall(report: FitReport, queries: Tensor, x: Tensor, y: Tensor) -> FitReport:
+    assert report.held_out is not None  # select_adapter scores every candidate on held-out pairs
+    score = answer_recall(report.adapter.transform, queries, x, y)
+    return dataclasses.replace(
+        report, held_out=dataclasses.replace(report.held_out, answer_recall=score)
+    )
 
 
 def split_rows(n: int, seed: int) -> tuple[Tensor, Tensor]:

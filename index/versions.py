@@ -264,6 +264,11 @@ def _selection_metrics(selection: Any) -> dict[str, Any]:
     scores = {
         key: {"cosine": r.held_out.cosine, "recall@10": r.held_out.recall_at_10}
         | ({} if r.held_out.class_top1 is None else {"class_top1": r.held_out.class_top1})
+        | (
+            {}
+            if r.held_out.answer_recall is None
+            else {"answer_recall@10": r.held_out.answer_recall}
+        )
         for key, r in selection.reports.items()
         if r.held_out is not None
     }

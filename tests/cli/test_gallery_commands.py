@@ -212,5 +212,6 @@ def test_fit_with_queries_records_them_and_refuses_the_wrong_width(tmp_path) -> 
     out = json.loads(invoke(*fit, "--queries", str(tmp_path / "q.npy"), "--target-queries",
                             str(tmp_path / "q_old.npy")).stdout)  # fmt: skip
     assert out["metrics"]["answer_queries"] == 50 and out["metrics"]["query_pairs"] is True
-    assert out["pairs"] == 300
+    assert out["pairs"] == 300 and out["metrics"]["criterion"] == "answer_recall@10"
+    assert all("answer_recall@10" in scores for scores in out["metrics"]["held_out"].values())
     assert out["metrics"]["held_out"][out["kind"]]["recall@10"] > 0.95  # the rotation still found

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compat.answer_pairs import answers, with_answers
+from compat.answer_pairs import answer_recall, answers, with_answers
 from compat.fitting import fit_adapter, select_adapter
 from kernels.errors import InvalidInputError
 
@@ -63,19 +63,44 @@ def test_bad_queries_or_items_are_refused(queries, items, message) -> None:
 
 
 def test_selection_answers_from_the_training_anchors_only() -> None:
-    """Queries that copy held-out anchors: if those anchors could answer, the fit would differ."""
+    """Queries that copy held-out anchors: if those anchors could answer, the fit would differ.
+    The held-out fifth of the queries scores each candidate instead (answer_recall@10)."""
     x, y = unit(100, 6, 5), unit(100, 6, 6)
-    # select_adapter's split of 100 pairs, seed 0
-    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    seeded = lambda n: torch.randperm(n, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    order = seeded(100)  # select_adapter's split of the pairs, seed 0
     held, train = order[:20], order[20:]
-    queries = x[held[:8]]
+    queries = x[held[:10]]
+    asked = seeded(10)  # and of the queries: 2 held out, 8 fitted
     chosen = select_adapter(x, y, ["procrustes"], direction="backward", queries=queries)
     report = chosen.reports["procrustes"]
     assert report.train.n == 80 + 8 and chosen.anchors == 80  # answer pairs beside the anchors
-    expected = fit_adapter("procrustes", *with_answers(x[train], y[train], queries)[:2],
+    assert chosen.criterion == "answer_recall@10" and report.held_out is not None
+    fitted = queries[asked[2:]]
+    expected = fit_adapter("procrustes", *with_answers(x[train], y[train], fitted)[:2],
                            direction="backward").adapter  # fmt: skip
-    leaked = fit_adapter("procrustes", torch.cat([x[train], queries]),
-                         torch.cat([y[train], y[held[:8]]]), direction="backward").adapter  # fmt: skip
+    leaked = fit_adapter("procrustes", torch.cat([x[train], fitted]),
+                         torch.cat([y[train], y[held[:10]][asked[2:]]]),
+                         direction="backward").adapter  # fmt: skip
     probe = unit(5, 6, 7)
     assert torch.allclose(report.adapter.transform(probe), expected.transform(probe), atol=1e-6)
     assert not torch.allclose(report.adapter.transform(probe), leaked.transform(probe), atol=1e-3)
+    scored = answer_recall(expected.transform, queries[asked[:2]], x[held], y[held])
+    assert report.held_out.answer_recall == pytest.approx(scored)
+
+
+def test_answer_recall_is_the_share_of_queries_whose_answer_maps_into_the_top_k() -> None:
+    items_source, items_target = unit(30, 6, 8), unit(30, 4, 9)
+    queries = items_source[:6] + 0.01 * unit(6, 6, 10)  # answered by items 0..5
+    perfect = lambda q: items_target[answers(q, items_source)]  # noqa: E731
+    assert answer_recall(perfect, queries, items_source, items_target, k=1) == 1.0
+    # a map that sends every query to item 29's target finds only its own answer, none of these
+    constant = lambda q: items_target[[29]].expand(len(q), -1)  # noqa: E731
+    assert answer_recall(constant, queries, items_source, items_target, k=1) == 0.0
+
+
+def test_selection_needs_enough_queries_and_queries_for_their_criterion() -> None:
+    x, y = unit(50, 6, 11), unit(50, 6, 12)
+    with pytest.raises(InvalidInputError, match="4 queries cannot be split"):
+        select_adapter(x, y, ["procrustes"], direction="backward", queries=x[:4])
+    with pytest.raises(InvalidInputError, match="answer_recall@10"):
+        select_adapter(x, y, ["procrustes"], direction="backward", criterion="answer_recall@10")
