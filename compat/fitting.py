@@ -35,8 +35,9 @@ from models.config import Config, check
 # Held-out scores select_adapter can rank by. "class_top1" needs the pairs' labels: the map that
 # copies the old space most faithfully (best paired recall) also copies the old model's mistakes,
 # so with labels the choice is made on what class retrieval measures (docs/results/compat.md).
-# "answer_recall@10" needs sample queries: paired recall ties at 1.0 on text anchors, and the tie
-# went to a map that loses a quarter of the old model's own R@10 (docs/results/text_upgrade.md).
+# "answer_recall@10" needs sample queries: on WordNet paired recall ties at 1.0 and the tie went to
+# a map below old/old (gain fraction -0.24); the answers chose procrustes (+0.04), still short of
+# contrastive_affine (+0.39): pseudo-answers are no relevance labels (docs/results/text_upgrade.md).
 Criterion = Literal["recall@10", "cosine", "class_top1", "answer_recall@10"]
 CRITERIA: tuple[Criterion, ...] = ("recall@10", "cosine", "class_top1", "answer_recall@10")
 # Simplest first: a tie on the criterion goes to the earlier (fewer assumptions, fewer parameters).
