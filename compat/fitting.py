@@ -12,6 +12,9 @@ Optional class labels (N,) of the paired items reach every adapter's ``prepare_l
 ``training_loss``; only adapters with label terms (compat/label_terms.py: the λ-orth family,
 ``residual_mlp_nca``) use them, the others fit exactly as without. An adapter configured with
 label-only terms refuses to fit without labels.
+
+Optional sample queries (source space) add pairs from the source model's own answers among the
+anchors (compat/answer_pairs.py), and :func:`select_adapter` then ranks on held-out queries.
 """
 
 from __future__ import annotations
@@ -391,7 +394,7 @@ class _Queries:
 def _split_queries(
     queries: Tensor | None, queries_target: Tensor | None, dim: int, holdout: float, seed: int
 ) -> _Queries:
-    """One seeded split of the sample queries, as of the pairs."""
+    """One seeded split of the sample queries, made as the pairs' split is."""
     if queries is None:
         return _Queries(None, queries_target, None)  # with_answers refuses a lone target side
     queries = check_vectors(queries, None, "queries")
