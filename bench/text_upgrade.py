@@ -24,8 +24,8 @@ short strings ~6x faster than definitions). The ``+bank`` / ``+hard`` recipes ad
 negatives from a bank of every distinct training target (uniform / from the own target's
 old-space cluster); ``+distill`` adds the new model's in-batch similarities as soft targets
 (compat/contrastive_adapter.py); ``+answers`` adds one pair per anchor lemma string onto the anchor
-definition the new model ranks first for it (compat/answer_pairs.py). WordNet has 115,659 synsets outside the test: ``--anchors``
-up to 115,500.
+definition the new model ranks first for it (compat/answer_pairs.py). WordNet has 115,659 synsets
+outside the test: ``--anchors`` up to 115,500.
 
 Embeddings are cached per (encoder fingerprint, chunk of texts) under ``.cache/embeddings``
 (git-ignored; models/embedding_cache.py): a rerun re-embeds nothing, a stopped run keeps its

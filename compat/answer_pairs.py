@@ -58,18 +58,18 @@ def with_answers(
         if queries_target is not None:
             raise InvalidInputError("target-space query vectors were given without the queries")
         return x, y, labels
-    first = answers(queries, x)
-    extra_labels = None if labels is None else torch.cat([labels, labels[first]])
-    x, y = torch.cat([x, queries.float()]), torch.cat([y, y[first]])
-    if queries_target is None:
-        return x, y, extra_labels
-    if labels is not None:
+    if queries_target is not None and labels is not None:
         raise InvalidInputError(
             "class labels cover the anchors, and the queries' own pairs have none",
             fix="drop the labels or the target-space query vectors",
         )
-    queries_target = target_queries(queries, queries_target, y.shape[1])
-    return torch.cat([x, queries.float()]), torch.cat([y, queries_target]), None
+    first = answers(queries, x)
+    xs, ys = [x, queries.float()], [y, y[first]]
+    if queries_target is not None:
+        xs.append(queries.float())
+        ys.append(target_queries(queries, queries_target, y.shape[1]))
+    extra_labels = None if labels is None else torch.cat([labels, labels[first]])
+    return torch.cat(xs), torch.cat(ys), extra_labels
 
 
 def target_queries(queries: Tensor, queries_target: Tensor, dim: int) -> Tensor:
